@@ -1,0 +1,48 @@
+//! Command-line interface: one file per subcommand.
+
+mod inspect;
+mod progress;
+mod trace;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+pub use progress::BarProgress;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "depthlens",
+    version,
+    about = "Look inside transformer language models along depth"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    /// Checkpoint to open in the desktop app (a folder or a .safetensors file).
+    pub checkpoint: Option<PathBuf>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Architecture, sizes, dtypes, parameter count, AttnRes mode and block partition, tokenizer.
+    Inspect(inspect::InspectArgs),
+    /// Run a prompt through the model and write the Trace as JSON.
+    Trace(trace::TraceArgs),
+}
+
+/// Run a parsed command line. Errors carry a one-line cause naming the file, tensor or field.
+pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Some(Command::Inspect(args)) => inspect::run(args),
+        Some(Command::Trace(args)) => trace::run(args),
+        None => {
+            eprintln!(
+                "depthlens: the desktop app is not part of this build yet.\n\
+                 Use `depthlens inspect CKPT` or `depthlens trace CKPT --prompt TEXT` (see --help)."
+            );
+            Ok(ExitCode::from(2))
+        }
+    }
+}

@@ -1,0 +1,256 @@
+//! Opening a checkpoint: a Hugging Face folder (single file or shards) or one `.safetensors` file
+//! that carries its config in `__metadata__`.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+use serde_json::Value;
+
+use super::config::{Family, ModelConfig};
+use super::loader::Loader;
+use super::store::TensorStore;
+use super::tokenizer::TextTokenizer;
+use super::weights::Weights;
+use super::{gpt2, llama, Error};
+use crate::progress::Progress;
+
+/// Metadata key of a single-file checkpoint's config (ATTNRES.md).
+pub const CONFIG_METADATA_KEY: &str = "depthlens.config";
+/// Metadata key of a single-file checkpoint's tokenizer JSON.
+pub const TOKENIZER_METADATA_KEY: &str = "depthlens.tokenizer";
+
+/// How the checkpoint is laid out on disk.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum CheckpointLayout {
+    /// One `.safetensors` file with the config in its metadata (or a `config.json` beside it).
+    SingleFile { file: PathBuf },
+    /// `config.json` + `model.safetensors`.
+    Folder { file: PathBuf },
+    /// `config.json` + `model.safetensors.index.json` + shards.
+    Sharded {
+        index: PathBuf,
+        shards: Vec<PathBuf>,
+    },
+}
+
+/// An opened model: config, f32 weights on the CPU, tokenizer, and what we noticed on the way.
+pub struct Checkpoint {
+    pub path: PathBuf,
+    pub layout: CheckpointLayout,
+    pub config: ModelConfig,
+    pub weights: Weights,
+    pub tokenizer: TextTokenizer,
+    /// Stored dtypes and how many tensors of each.
+    pub dtypes: BTreeMap<String, usize>,
+    /// Bytes of tensor data on disk.
+    pub data_bytes: usize,
+    /// Things a researcher should know (NaN weights, tied head mismatch, ...). Never fatal.
+    pub warnings: Vec<String>,
+}
+
+fn read_json(path: &Path) -> Result<Value, Error> {
+    let text = std::fs::read_to_string(path).map_err(|source| Error::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    serde_json::from_str(&text).map_err(|e| Error::Config {
+        origin: path.display().to_string(),
+        field: "(file)".into(),
+        reason: format!("not valid JSON: {e}"),
+    })
+}
+
+impl Checkpoint {
+    /// Open a folder or a `.safetensors` file. `progress` hears about weight loading.
+    pub fn open(path: &Path, progress: &dyn Progress) -> Result<Self, Error> {
+        let meta = std::fs::metadata(path).map_err(|source| Error::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let (layout, store, config_json, config_origin, tokenizer) = if meta.is_dir() {
+            open_folder(path)?
+        } else {
+            open_single_file(path)?
+        };
+        let config = ModelConfig::from_json(&config_json, &config_origin)?;
+        let tokenizer = match tokenizer {
+            Some(t) => t,
+            None => TextTokenizer::byte_fallback(),
+        };
+        let mut loader = Loader::new(&store, progress);
+        let weights = match config.family {
+            Family::Llama => llama::load(&config, &mut loader)?,
+            Family::Gpt2 => gpt2::load(&config, &mut loader)?,
+        };
+        let mut warnings = loader.finish(&config.model_type)?;
+        if matches!(tokenizer.kind, super::TokenizerKind::ByteFallback) && config.vocab_size < 256 {
+            warnings.push(format!(
+                "no tokenizer ships with this checkpoint and its vocabulary ({}) is smaller than 256 \
+                 bytes: use --ids",
+                config.vocab_size
+            ));
+        }
+        let mut dtypes = BTreeMap::new();
+        for e in store.entries() {
+            *dtypes
+                .entry(format!("{:?}", e.dtype).to_lowercase())
+                .or_insert(0) += 1;
+        }
+        Ok(Self {
+            path: path.to_path_buf(),
+            layout,
+            config,
+            weights,
+            tokenizer,
+            dtypes,
+            data_bytes: store.data_bytes(),
+            warnings,
+        })
+    }
+}
+
+type Opened = (
+    CheckpointLayout,
+    TensorStore,
+    Value,
+    String,
+    Option<TextTokenizer>,
+);
+
+fn open_folder(dir: &Path) -> Result<Opened, Error> {
+    let config_path = dir.join("config.json");
+    let index_path = dir.join("model.safetensors.index.json");
+    let single_path = dir.join("model.safetensors");
+    let tokenizer_path = dir.join("tokenizer.json");
+    let tokenizer = if tokenizer_path.is_file() {
+        Some(TextTokenizer::from_file(&tokenizer_path)?)
+    } else {
+        None
+    };
+    if index_path.is_file() {
+        let index = read_json(&index_path)?;
+        let map = index
+            .get("weight_map")
+            .and_then(Value::as_object)
+            .ok_or_else(|| Error::Config {
+                origin: index_path.display().to_string(),
+                field: "weight_map".into(),
+                reason: "missing or not an object".into(),
+            })?;
+        let mut expected = HashMap::new();
+        let mut shards: Vec<PathBuf> = Vec::new();
+        for (name, file) in map {
+            let file = file.as_str().ok_or_else(|| Error::Config {
+                origin: index_path.display().to_string(),
+                field: format!("weight_map.{name}"),
+                reason: "expected a file name".into(),
+            })?;
+            let shard = dir.join(file);
+            if !shards.contains(&shard) {
+                shards.push(shard.clone());
+            }
+            expected.insert(name.clone(), shard);
+        }
+        shards.sort();
+        let store = TensorStore::open(&shards, Some(&expected))?;
+        let config = read_json(&config_path)?;
+        let layout = CheckpointLayout::Sharded {
+            index: index_path,
+            shards,
+        };
+        return Ok((
+            layout,
+            store,
+            config,
+            config_path.display().to_string(),
+            tokenizer,
+        ));
+    }
+    if single_path.is_file() {
+        let store = TensorStore::open(std::slice::from_ref(&single_path), None)?;
+        let (config, origin) = if config_path.is_file() {
+            (read_json(&config_path)?, config_path.display().to_string())
+        } else {
+            config_from_metadata(&store, &single_path)?
+        };
+        return Ok((
+            CheckpointLayout::Folder { file: single_path },
+            store,
+            config,
+            origin,
+            tokenizer,
+        ));
+    }
+    Err(Error::NotACheckpoint {
+        path: dir.to_path_buf(),
+        reason: "no model.safetensors or model.safetensors.index.json in this folder \
+                 (GGUF files are opened by path)"
+            .into(),
+    })
+}
+
+fn config_from_metadata(store: &TensorStore, file: &Path) -> Result<(Value, String), Error> {
+    let origin = format!("{} (__metadata__.{CONFIG_METADATA_KEY})", file.display());
+    let text = store
+        .file_metadata()
+        .and_then(|m| m.get(CONFIG_METADATA_KEY))
+        .ok_or_else(|| Error::NotACheckpoint {
+            path: file.to_path_buf(),
+            reason: format!(
+                "no config: put a config.json beside it or the config JSON under \
+                 __metadata__[\"{CONFIG_METADATA_KEY}\"]"
+            ),
+        })?;
+    let value = serde_json::from_str(text).map_err(|e| Error::Config {
+        origin: origin.clone(),
+        field: "(file)".into(),
+        reason: format!("not valid JSON: {e}"),
+    })?;
+    Ok((value, origin))
+}
+
+fn open_single_file(file: &Path) -> Result<Opened, Error> {
+    let ext = file.extension().and_then(|e| e.to_str()).unwrap_or("");
+    if ext.eq_ignore_ascii_case("gguf") {
+        return Err(Error::NotACheckpoint {
+            path: file.to_path_buf(),
+            reason: "GGUF files are not supported yet; convert to safetensors".into(),
+        });
+    }
+    let store = TensorStore::open(&[file.to_path_buf()], None)?;
+    let sibling_config = file.parent().map(|p| p.join("config.json"));
+    let (config, origin) = match store
+        .file_metadata()
+        .and_then(|m| m.get(CONFIG_METADATA_KEY))
+    {
+        Some(_) => config_from_metadata(&store, file)?,
+        None => match sibling_config.filter(|p| p.is_file()) {
+            Some(p) => (read_json(&p)?, p.display().to_string()),
+            None => config_from_metadata(&store, file)?,
+        },
+    };
+    let tokenizer = match store
+        .file_metadata()
+        .and_then(|m| m.get(TOKENIZER_METADATA_KEY))
+    {
+        Some(json) => Some(TextTokenizer::from_json_bytes(json.as_bytes(), file)?),
+        None => {
+            let sibling = file.parent().map(|p| p.join("tokenizer.json"));
+            match sibling.filter(|p| p.is_file()) {
+                Some(p) => Some(TextTokenizer::from_file(&p)?),
+                None => None,
+            }
+        }
+    };
+    Ok((
+        CheckpointLayout::SingleFile {
+            file: file.to_path_buf(),
+        },
+        store,
+        config,
+        origin,
+        tokenizer,
+    ))
+}

@@ -1,0 +1,151 @@
+//! Reads named tensors out of a [`TensorStore`], remembering which were used, so that a
+//! checkpoint holding parameters the forward would not use is refused rather than silently
+//! computed as a different model.
+
+use std::collections::BTreeSet;
+
+use candle_core::Tensor;
+
+use super::store::TensorStore;
+use super::weights::{Linear, Norm};
+use super::Error;
+use crate::progress::Progress;
+
+pub struct Loader<'a> {
+    store: &'a TensorStore,
+    used: BTreeSet<String>,
+    pub warnings: Vec<String>,
+    progress: &'a dyn Progress,
+    loaded: u64,
+}
+
+impl<'a> Loader<'a> {
+    pub fn new(store: &'a TensorStore, progress: &'a dyn Progress) -> Self {
+        progress.start("loading weights", store.entries().count() as u64);
+        Self {
+            store,
+            used: BTreeSet::new(),
+            warnings: Vec::new(),
+            progress,
+            loaded: 0,
+        }
+    }
+
+    pub fn has(&self, name: &str) -> bool {
+        self.store.contains(name)
+    }
+
+    /// The error for a required tensor that is absent.
+    pub fn missing(&self, name: &str) -> Error {
+        Error::MissingTensor {
+            path: self
+                .store
+                .paths()
+                .first()
+                .map(|p| p.to_path_buf())
+                .unwrap_or_default(),
+            name: name.to_string(),
+        }
+    }
+
+    /// A required tensor of exactly this shape.
+    pub fn tensor(&mut self, name: &str, shape: &[usize]) -> Result<Tensor, Error> {
+        let (tensor, non_finite) = self.store.load_f32(name, shape)?;
+        if non_finite > 0 {
+            self.warnings.push(format!(
+                "tensor `{name}` holds {non_finite} NaN/Inf values: the trace will carry them"
+            ));
+        }
+        self.used.insert(name.to_string());
+        self.loaded += 1;
+        self.progress.advance(self.loaded);
+        Ok(tensor)
+    }
+
+    /// A tensor that may be absent.
+    pub fn optional(&mut self, name: &str, shape: &[usize]) -> Result<Option<Tensor>, Error> {
+        if self.has(name) {
+            self.tensor(name, shape).map(Some)
+        } else {
+            Ok(None)
+        }
+    }
+
+    /// The first of several accepted names (public reproductions spell things differently).
+    /// The tensor may be stored with extra unit dimensions (`[1, d]` for `[d]`).
+    pub fn first_of(&mut self, names: &[String], shape: &[usize]) -> Result<Option<Tensor>, Error> {
+        let present: Vec<&String> = names.iter().filter(|n| self.has(n)).collect();
+        if present.len() > 1 {
+            return Err(Error::Unsupported {
+                name: present[1].clone(),
+                reason: format!(
+                    "holds the same parameter as `{}`; keep only one",
+                    present[0]
+                ),
+            });
+        }
+        let Some(name) = present.first() else {
+            return Ok(None);
+        };
+        let stored = self
+            .store
+            .get(name)
+            .map(|e| e.shape.clone())
+            .unwrap_or_default();
+        let squeezed: Vec<usize> = stored.iter().copied().filter(|&n| n != 1).collect();
+        let wanted: Vec<usize> = shape.iter().copied().filter(|&n| n != 1).collect();
+        if squeezed == wanted && stored != shape {
+            let t = self.tensor(name, &stored)?;
+            return Ok(Some(t.reshape(shape)?));
+        }
+        self.tensor(name, shape).map(Some)
+    }
+
+    pub fn linear(
+        &mut self,
+        prefix: &str,
+        out: usize,
+        inp: usize,
+        bias: bool,
+    ) -> Result<Linear, Error> {
+        Ok(Linear {
+            weight: self.tensor(&format!("{prefix}.weight"), &[out, inp])?,
+            bias: if bias {
+                Some(self.tensor(&format!("{prefix}.bias"), &[out])?)
+            } else {
+                None
+            },
+        })
+    }
+
+    pub fn norm(&mut self, prefix: &str, d: usize, bias: bool) -> Result<Norm, Error> {
+        Ok(Norm {
+            weight: self.tensor(&format!("{prefix}.weight"), &[d])?,
+            bias: if bias {
+                Some(self.tensor(&format!("{prefix}.bias"), &[d])?)
+            } else {
+                None
+            },
+        })
+    }
+
+    /// Mark a tensor as deliberately not a parameter (a cached buffer such as `rotary_emb.inv_freq`).
+    pub fn ignore(&mut self, name: &str) {
+        self.used.insert(name.to_string());
+    }
+
+    /// Fail on the first tensor that nothing used. `family` names the forward in the message.
+    pub fn finish(self, family: &str) -> Result<Vec<String>, Error> {
+        self.progress.finish();
+        if let Some(unused) = self.store.entries().find(|e| !self.used.contains(&e.name)) {
+            return Err(Error::Unsupported {
+                name: unused.name.clone(),
+                reason: format!(
+                    "not a parameter of the {family} forward; depthlens refuses to drop parameters \
+                     silently (is this a variant of the architecture, or a different model?)"
+                ),
+            });
+        }
+        Ok(self.warnings)
+    }
+}

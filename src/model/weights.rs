@@ -1,0 +1,186 @@
+//! The weights of one model in the one layout every forward reads (f32, `[out, in]` linears).
+
+use candle_core::{Result, Tensor};
+
+/// `y = x W^T + b` with `weight` stored `[out, in]`.
+#[derive(Debug, Clone)]
+pub struct Linear {
+    pub weight: Tensor,
+    pub bias: Option<Tensor>,
+}
+
+/// RMSNorm (`bias == None`) or LayerNorm gain and bias, `[d]`.
+#[derive(Debug, Clone)]
+pub struct Norm {
+    pub weight: Tensor,
+    pub bias: Option<Tensor>,
+}
+
+/// An AttnRes depth-attention op: pseudo-query `w` and key RMSNorm gain `g`, both `[d]`.
+#[derive(Debug, Clone)]
+pub struct DepthQuery {
+    pub query: Tensor,
+    pub key_gain: Tensor,
+}
+
+#[derive(Debug, Clone)]
+pub enum Mlp {
+    /// `down(silu(gate x) * up x)`.
+    SwiGlu {
+        gate: Linear,
+        up: Linear,
+        down: Linear,
+    },
+    /// `proj(gelu(fc x))`.
+    Gelu { fc: Linear, proj: Linear },
+}
+
+/// One transformer layer: an attention sublayer and an MLP sublayer, each with its PreNorm and,
+/// for AttnRes, its depth query.
+#[derive(Debug, Clone)]
+pub struct Layer {
+    pub attn_norm: Norm,
+    pub q: Linear,
+    pub k: Linear,
+    pub v: Linear,
+    pub o: Linear,
+    pub mlp_norm: Norm,
+    pub mlp: Mlp,
+    pub attn_res: Option<DepthQuery>,
+    pub mlp_res: Option<DepthQuery>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Weights {
+    /// `[vocab, d]`.
+    pub embed: Tensor,
+    /// Learned absolute positions `[max_positions, d]` (GPT-2).
+    pub positions: Option<Tensor>,
+    pub layers: Vec<Layer>,
+    pub final_norm: Norm,
+    /// `[vocab, d]`; `None` when tied to `embed`.
+    pub lm_head: Option<Tensor>,
+    /// AttnRes final aggregation (op `2L`).
+    pub final_res: Option<DepthQuery>,
+}
+
+/// Which histogram row a parameter belongs to: the embedding, a layer, or the head.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum ParamGroup {
+    Embedding,
+    Layer(usize),
+    Head,
+}
+
+impl Weights {
+    /// Rebuild the weights with every tensor passed through `f` (e.g. to make autograd variables),
+    /// telling `f` which group each tensor belongs to.
+    pub fn map_tensors(
+        &self,
+        f: &mut impl FnMut(ParamGroup, &Tensor) -> Result<Tensor>,
+    ) -> Result<Self> {
+        fn lin(
+            l: &Linear,
+            g: ParamGroup,
+            f: &mut impl FnMut(ParamGroup, &Tensor) -> Result<Tensor>,
+        ) -> Result<Linear> {
+            Ok(Linear {
+                weight: f(g, &l.weight)?,
+                bias: l.bias.as_ref().map(|b| f(g, b)).transpose()?,
+            })
+        }
+        fn norm(
+            n: &Norm,
+            g: ParamGroup,
+            f: &mut impl FnMut(ParamGroup, &Tensor) -> Result<Tensor>,
+        ) -> Result<Norm> {
+            Ok(Norm {
+                weight: f(g, &n.weight)?,
+                bias: n.bias.as_ref().map(|b| f(g, b)).transpose()?,
+            })
+        }
+        fn depth(
+            d: &Option<DepthQuery>,
+            g: ParamGroup,
+            f: &mut impl FnMut(ParamGroup, &Tensor) -> Result<Tensor>,
+        ) -> Result<Option<DepthQuery>> {
+            d.as_ref()
+                .map(|d| {
+                    Ok(DepthQuery {
+                        query: f(g, &d.query)?,
+                        key_gain: f(g, &d.key_gain)?,
+                    })
+                })
+                .transpose()
+        }
+        let embed = f(ParamGroup::Embedding, &self.embed)?;
+        let positions = self
+            .positions
+            .as_ref()
+            .map(|p| f(ParamGroup::Embedding, p))
+            .transpose()?;
+        let mut layers = Vec::with_capacity(self.layers.len());
+        for (i, layer) in self.layers.iter().enumerate() {
+            let g = ParamGroup::Layer(i);
+            let mlp = match &layer.mlp {
+                Mlp::SwiGlu { gate, up, down } => Mlp::SwiGlu {
+                    gate: lin(gate, g, f)?,
+                    up: lin(up, g, f)?,
+                    down: lin(down, g, f)?,
+                },
+                Mlp::Gelu { fc, proj } => Mlp::Gelu {
+                    fc: lin(fc, g, f)?,
+                    proj: lin(proj, g, f)?,
+                },
+            };
+            layers.push(Layer {
+                attn_norm: norm(&layer.attn_norm, g, f)?,
+                q: lin(&layer.q, g, f)?,
+                k: lin(&layer.k, g, f)?,
+                v: lin(&layer.v, g, f)?,
+                o: lin(&layer.o, g, f)?,
+                mlp_norm: norm(&layer.mlp_norm, g, f)?,
+                mlp,
+                attn_res: depth(&layer.attn_res, g, f)?,
+                mlp_res: depth(&layer.mlp_res, g, f)?,
+            });
+        }
+        Ok(Self {
+            embed,
+            positions,
+            layers,
+            final_norm: norm(&self.final_norm, ParamGroup::Head, f)?,
+            lm_head: self
+                .lm_head
+                .as_ref()
+                .map(|h| f(ParamGroup::Head, h))
+                .transpose()?,
+            final_res: depth(&self.final_res, ParamGroup::Head, f)?,
+        })
+    }
+
+    /// Number of parameters (a tied head counts once).
+    pub fn parameter_count(&self) -> usize {
+        let mut n = 0;
+        // map_tensors only fails if the closure fails; this one never does.
+        let _ = self.map_tensors(&mut |_, t| {
+            n += t.elem_count();
+            Ok(t.clone())
+        });
+        n
+    }
+
+    /// The depth query of op `l` (`2i` attention, `2i+1` MLP, `2L` final), if AttnRes.
+    pub fn depth_query(&self, op: usize) -> Option<&DepthQuery> {
+        let n = self.layers.len();
+        if op == 2 * n {
+            return self.final_res.as_ref();
+        }
+        let layer = self.layers.get(op / 2)?;
+        if op.is_multiple_of(2) {
+            layer.attn_res.as_ref()
+        } else {
+            layer.mlp_res.as_ref()
+        }
+    }
+}

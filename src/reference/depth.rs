@@ -1,0 +1,129 @@
+//! Mixing along depth: the residual sum of a PreNorm baseline and the softmax over sources of
+//! Full and Block AttnRes (ATTNRES.md), plus the bookkeeping of which sources exist when.
+
+use candle_core::{Result, Tensor};
+
+use crate::model::{AttnResMode, DepthQuery};
+
+/// Which rule forms a sublayer's input.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum DepthRule {
+    /// PreNorm baseline: every source with weight 1.
+    ResidualSum,
+    /// AttnRes (Full keeps every output as a source; Block sums outputs within blocks).
+    AttnRes(AttnResMode),
+}
+
+/// The sources available to the next op, updated as sublayers run.
+pub struct DepthState {
+    rule: DepthRule,
+    /// Full / baseline: `emb` and every sublayer output. Block: `emb` and completed blocks.
+    completed: Vec<(String, Tensor)>,
+    /// Block: running sum of the current block's outputs (none before its first sublayer).
+    partial: Option<Tensor>,
+    in_block: usize,
+}
+
+/// A mixed input with its depth weights.
+pub struct Mixed {
+    /// `[T, d]` the op's input `h`.
+    pub hidden: Tensor,
+    /// `[n, T]` weight of each source (ones for the residual sum).
+    pub alpha: Tensor,
+}
+
+impl DepthState {
+    pub fn new(rule: DepthRule, embedding: Tensor) -> Self {
+        Self {
+            rule,
+            completed: vec![("emb".to_string(), embedding)],
+            partial: None,
+            in_block: 0,
+        }
+    }
+
+    /// Labels and tensors of the sources the next op attends over, in order.
+    pub fn sources(&self) -> Vec<(&str, &Tensor)> {
+        let mut v: Vec<(&str, &Tensor)> = self
+            .completed
+            .iter()
+            .map(|(l, t)| (l.as_str(), t))
+            .collect();
+        if let Some(p) = &self.partial {
+            v.push(("partial", p));
+        }
+        v
+    }
+
+    /// The current block's partial sum (Block AttnRes only).
+    pub fn partial(&self) -> Option<&Tensor> {
+        self.partial.as_ref()
+    }
+
+    /// The most recently completed source (the embedding before any block closes).
+    pub fn newest_completed(&self) -> &Tensor {
+        // `completed` starts with the embedding and only grows.
+        &self.completed[self.completed.len() - 1].1
+    }
+
+    /// Record sublayer `label`'s output. `last` closes a trailing short block.
+    pub fn push_output(&mut self, label: &str, output: Tensor, last: bool) -> Result<()> {
+        match self.rule {
+            DepthRule::ResidualSum | DepthRule::AttnRes(AttnResMode::Full) => {
+                self.completed.push((label.to_string(), output));
+            }
+            DepthRule::AttnRes(AttnResMode::Block { block_size }) => {
+                let partial = match self.partial.take() {
+                    Some(p) => (p + output)?,
+                    None => output,
+                };
+                self.in_block += 1;
+                if self.in_block == block_size || last {
+                    let label = format!("B{}", self.completed.len());
+                    self.completed.push((label, partial));
+                    self.in_block = 0;
+                } else {
+                    self.partial = Some(partial);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Form the next op's input from the current sources. AttnRes needs the op's `query`.
+    pub fn mix(&self, query: Option<&DepthQuery>, eps: f64) -> Result<Mixed> {
+        let sources: Vec<&Tensor> = self.sources().into_iter().map(|(_, t)| t).collect();
+        match (self.rule, query) {
+            (DepthRule::AttnRes(_), Some(q)) => depth_attention(&sources, q, eps),
+            _ => residual_sum(&sources),
+        }
+    }
+}
+
+/// `h = sum_i v_i`, weights all 1.
+pub fn residual_sum(sources: &[&Tensor]) -> Result<Mixed> {
+    let mut hidden = sources[0].clone();
+    for s in &sources[1..] {
+        hidden = (hidden + *s)?;
+    }
+    let t = hidden.dim(0)?;
+    let alpha = Tensor::ones((sources.len(), t), hidden.dtype(), hidden.device())?;
+    Ok(Mixed { hidden, alpha })
+}
+
+/// ATTNRES.md: `alpha_i = softmax_i((w * g) . v_i / sqrt(mean(v_i^2) + eps))`, `h = sum_i alpha_i v_i`.
+/// `(v / r) . q = (v . q) / r`, so the keys need no normalised copy.
+pub fn depth_attention(sources: &[&Tensor], q: &DepthQuery, eps: f64) -> Result<Mixed> {
+    let stacked = Tensor::stack(sources, 0)?; // [n, T, d]
+    let (n, t, d) = stacked.dims3()?;
+    let key_rms = (stacked.sqr()?.mean(2)? + eps)?.sqrt()?; // [n, T]
+    let folded = (&q.query * &q.key_gain)?.reshape((d, 1))?;
+    let dots = stacked
+        .reshape((n * t, d))?
+        .matmul(&folded)?
+        .reshape((n, t))?;
+    let logits = (dots / key_rms)?;
+    let alpha = super::ops::softmax(&logits, 0)?; // [n, T]
+    let hidden = stacked.broadcast_mul(&alpha.unsqueeze(2)?)?.sum(0)?;
+    Ok(Mixed { hidden, alpha })
+}

@@ -1,0 +1,233 @@
+//! The forward pass along depth, recording the Trace's per-op statistics as it goes.
+
+use candle_core::Tensor;
+
+use super::depth::{DepthRule, DepthState};
+use super::ops;
+use crate::model::{Activation, AttnResMode, Layer, Mlp, ModelConfig, Weights};
+use crate::progress::Progress;
+use crate::trace::{DepthOp, Mixing, OpKind};
+
+/// What the forward produced, before top-k and gradients are turned into Trace fields.
+pub struct ForwardOutput {
+    pub ops: Vec<DepthOp>,
+    /// `[T, vocab]`.
+    pub logits: Tensor,
+}
+
+/// The rule a config implies.
+pub fn depth_rule(cfg: &ModelConfig) -> DepthRule {
+    match cfg.attnres {
+        Some(a) => DepthRule::AttnRes(a.mode),
+        None => DepthRule::ResidualSum,
+    }
+}
+
+/// Op label of sublayer `l` (`L3.attn`, `L3.mlp`) or of the final op.
+pub fn op_name(l: usize, num_layers: usize) -> String {
+    if l == 2 * num_layers {
+        "final".into()
+    } else if l.is_multiple_of(2) {
+        format!("L{}.attn", l / 2)
+    } else {
+        format!("L{}.mlp", l / 2)
+    }
+}
+
+/// Per-op statistics of the input `h` formed from `sources` with weights `alpha` (`[n, T]`).
+struct InputStats {
+    alpha: Vec<Vec<f32>>,
+    shares: Vec<Vec<f32>>,
+    source_rms: Vec<Vec<f32>>,
+    hidden_rms: Vec<f32>,
+}
+
+fn input_stats(
+    sources: &[&Tensor],
+    alpha: &Tensor,
+    hidden: &Tensor,
+) -> candle_core::Result<InputStats> {
+    let stacked = Tensor::stack(sources, 0)?.detach(); // [n, T, d]
+    let h = hidden.detach();
+    let alpha = alpha.detach();
+    let source_rms = ops::rms(&stacked)?; // [n, T]
+    let hh = h.sqr()?.sum(1)?; // [T]
+    let dots = stacked.broadcast_mul(&h.unsqueeze(0)?)?.sum(2)?; // [n, T]
+                                                                 // A zero input (an untrained or degenerate model) has no decomposition; report zeros, not NaN.
+    let safe_hh = hh.maximum(f32::MIN_POSITIVE)?;
+    let shares = (dots * &alpha)?.broadcast_div(&safe_hh.unsqueeze(0)?)?;
+    Ok(InputStats {
+        alpha: ops::rows_f32(&alpha.t()?)?,
+        shares: ops::rows_f32(&shares.t()?)?,
+        source_rms: ops::rows_f32(&source_rms.t()?)?,
+        hidden_rms: ops::vec_f32(&ops::rms(&h)?)?,
+    })
+}
+
+struct Context<'a> {
+    cfg: &'a ModelConfig,
+    mask: Tensor,
+    rope: Option<(Tensor, Tensor)>,
+}
+
+fn attention_sublayer(ctx: &Context, layer: &Layer, x: &Tensor) -> candle_core::Result<Tensor> {
+    let cfg = ctx.cfg;
+    let hd = cfg.head_dim;
+    let mut q = ops::split_heads(&ops::linear(x, &layer.q)?, cfg.num_heads, hd)?;
+    let mut k = ops::split_heads(&ops::linear(x, &layer.k)?, cfg.num_kv_heads, hd)?;
+    let v = ops::split_heads(&ops::linear(x, &layer.v)?, cfg.num_kv_heads, hd)?;
+    if let Some((cos, sin)) = &ctx.rope {
+        q = ops::apply_rope(&q, cos, sin)?;
+        k = ops::apply_rope(&k, cos, sin)?;
+    }
+    let mixed = ops::causal_attention(&q, &k, &v, &ctx.mask)?;
+    ops::linear(&mixed, &layer.o)
+}
+
+fn mlp_sublayer(cfg: &ModelConfig, layer: &Layer, x: &Tensor) -> candle_core::Result<Tensor> {
+    match &layer.mlp {
+        Mlp::SwiGlu { gate, up, down } => {
+            let g = ops::linear(x, gate)?.silu()?;
+            ops::linear(&(g * ops::linear(x, up)?)?, down)
+        }
+        Mlp::Gelu { fc, proj } => {
+            let h = ops::linear(x, fc)?;
+            let a = match cfg.activation {
+                Activation::GeluErf => h.gelu_erf()?,
+                _ => h.gelu()?,
+            };
+            ops::linear(&a, proj)
+        }
+    }
+}
+
+/// Run the model on `ids`, recording every op. `offsets`, one `[T, d]` tensor per op, are added to
+/// each op's output (the final op: to its input); pass zero variables to get `d loss / d v` from
+/// backward, or small perturbations for a finite-difference check. The forward computes in the
+/// weights' dtype (f32; f64 for checks).
+pub fn forward(
+    cfg: &ModelConfig,
+    w: &Weights,
+    ids: &[u32],
+    offsets: Option<&[Tensor]>,
+    progress: &dyn Progress,
+) -> candle_core::Result<ForwardOutput> {
+    let t = ids.len();
+    let dtype = w.embed.dtype();
+    let n_ops = cfg.num_sublayers() + 1;
+    progress.start("forward", n_ops as u64);
+    let ids_t = Tensor::from_vec(ids.to_vec(), t, &candle_core::Device::Cpu)?;
+    let mut emb = w.embed.embedding(&ids_t)?;
+    if let Some(pos) = &w.positions {
+        emb = (emb + pos.narrow(0, 0, t)?)?;
+    }
+    let ctx = Context {
+        cfg,
+        mask: ops::causal_mask(t, cfg.sliding_window, dtype)?,
+        rope: match &cfg.rope {
+            Some(r) => Some(ops::rope_tables(r, cfg.head_dim, t, dtype)?),
+            None => None,
+        },
+    };
+    let rule = depth_rule(cfg);
+    let eps = cfg.attnres.map(|a| a.eps).unwrap_or(0.0);
+    let mixing = match rule {
+        DepthRule::ResidualSum => Mixing::ResidualSum,
+        DepthRule::AttnRes(_) => Mixing::DepthAttention,
+    };
+    let mut state = DepthState::new(rule, emb);
+    let mut ops_out = Vec::with_capacity(n_ops);
+    if let Some(o) = offsets {
+        if o.len() != n_ops {
+            candle_core::bail!("{} output offsets given for {n_ops} ops", o.len());
+        }
+    }
+    let offset = |l: usize, x: Tensor| -> candle_core::Result<Tensor> {
+        match offsets {
+            Some(o) => x + &o[l],
+            None => Ok(x),
+        }
+    };
+
+    for l in 0..cfg.num_sublayers() {
+        let name = op_name(l, cfg.num_layers);
+        let mixed = state.mix(w.depth_query(l), eps)?;
+        let (labels, sources): (Vec<String>, Vec<&Tensor>) = state
+            .sources()
+            .into_iter()
+            .map(|(s, t)| (s.to_string(), t))
+            .unzip();
+        let stats = input_stats(&sources, &mixed.alpha, &mixed.hidden)?;
+        let layer = &w.layers[l / 2];
+        let (kind, output) = if l % 2 == 0 {
+            let x = ops::norm(&mixed.hidden, &layer.attn_norm, cfg.norm)?;
+            (OpKind::Attn, attention_sublayer(&ctx, layer, &x)?)
+        } else {
+            let x = ops::norm(&mixed.hidden, &layer.mlp_norm, cfg.norm)?;
+            (OpKind::Mlp, mlp_sublayer(cfg, layer, &x)?)
+        };
+        let output = offset(l, output)?;
+        let output_rms = ops::vec_f32(&ops::rms(&output.detach())?)?;
+        state.push_output(&name, output, l + 1 == cfg.num_sublayers())?;
+        // Block: the partial after this sublayer; when the block just closed, that sum is now the
+        // newest completed block, so the series shows the periodic reset.
+        let partial_rms = match rule {
+            DepthRule::AttnRes(AttnResMode::Block { .. }) => {
+                let partial = match state.partial() {
+                    Some(p) => p,
+                    None => state.newest_completed(),
+                };
+                Some(ops::vec_f32(&ops::rms(&partial.detach())?)?)
+            }
+            _ => None,
+        };
+        ops_out.push(DepthOp {
+            name,
+            layer: l / 2,
+            kind,
+            mixing,
+            sources: labels,
+            alpha: stats.alpha,
+            shares: stats.shares,
+            source_rms: stats.source_rms,
+            hidden_rms: stats.hidden_rms,
+            output_rms,
+            partial_rms,
+            grad_rms: None,
+        });
+        progress.advance(l as u64 + 1);
+    }
+
+    // The final op: the input of the final norm (AttnRes: the final aggregation over all sources).
+    let mixed = state.mix(w.depth_query(cfg.num_sublayers()), eps)?;
+    let (labels, sources): (Vec<String>, Vec<&Tensor>) = state
+        .sources()
+        .into_iter()
+        .map(|(s, t)| (s.to_string(), t))
+        .unzip();
+    let stats = input_stats(&sources, &mixed.alpha, &mixed.hidden)?;
+    let hidden = offset(cfg.num_sublayers(), mixed.hidden)?;
+    let normed = ops::norm(&hidden, &w.final_norm, cfg.norm)?;
+    let head = w.lm_head.as_ref().unwrap_or(&w.embed);
+    let logits = normed.matmul(&head.t()?)?;
+    ops_out.push(DepthOp {
+        name: op_name(cfg.num_sublayers(), cfg.num_layers),
+        layer: cfg.num_layers,
+        kind: OpKind::Final,
+        mixing,
+        sources: labels,
+        alpha: stats.alpha,
+        shares: stats.shares,
+        source_rms: stats.source_rms,
+        hidden_rms: stats.hidden_rms,
+        output_rms: ops::vec_f32(&ops::rms(&normed.detach())?)?,
+        partial_rms: None,
+        grad_rms: None,
+    });
+    progress.advance(n_ops as u64);
+    progress.finish();
+    Ok(ForwardOutput {
+        ops: ops_out,
+        logits,
+    })
+}

@@ -1,0 +1,134 @@
+//! The `depthlens` binary as a user runs it: output, exit codes, one-line errors.
+
+mod common;
+
+use std::process::Command;
+
+use depthlens::model::save::StoreDtype;
+
+fn depthlens(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_depthlens"))
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn inspect_reports_architecture_and_block_partition() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = common::tiny_config("block:4");
+    let p = common::write_single(
+        dir.path(),
+        "m.safetensors",
+        &cfg,
+        &common::tiny_weights(&cfg, 1),
+        StoreDtype::BF16,
+    );
+    let (code, out, err) = depthlens(&["inspect", p.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("Block AttnRes (4 sublayers per block)"),
+        "{out}"
+    );
+    assert!(
+        out.contains("emb | L0.attn L0.mlp L1.attn L1.mlp | L2.attn L2.mlp"),
+        "{out}"
+    );
+    assert!(out.contains("bf16"), "{out}");
+    assert!(out.contains("byte-level fallback"), "{out}");
+    let (code, json, _) = depthlens(&["inspect", p.to_str().unwrap(), "--json"]);
+    assert_eq!(code, 0);
+    let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(v["config"]["attnres"]["block_size"], 4);
+    assert!(v["parameters"].as_u64().unwrap() > 0);
+}
+
+#[test]
+fn trace_writes_the_documented_json_schema() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = common::tiny_config("full");
+    let p = common::write_single(
+        dir.path(),
+        "m.safetensors",
+        &cfg,
+        &common::tiny_weights(&cfg, 1),
+        StoreDtype::F32,
+    );
+    let out_path = dir.path().join("trace.json");
+    let (code, _, err) = depthlens(&[
+        "trace",
+        p.to_str().unwrap(),
+        "--prompt",
+        "Hi there",
+        "--grads",
+        "--logits",
+        "--out",
+        out_path.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        err.contains("byte-level"),
+        "the fallback tokenizer is announced: {err}"
+    );
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&out_path).unwrap()).unwrap();
+    let t = v["tokens"].as_array().unwrap().len();
+    assert_eq!(t, 8);
+    let ops = v["ops"].as_array().unwrap();
+    assert_eq!(ops.len(), 7);
+    for key in [
+        "name",
+        "layer",
+        "kind",
+        "sources",
+        "alpha",
+        "hidden_rms",
+        "output_rms",
+        "grad_rms",
+    ] {
+        assert!(ops[2].get(key).is_some(), "op key {key}");
+    }
+    assert_eq!(ops[2]["alpha"].as_array().unwrap().len(), t);
+    assert_eq!(ops[2]["alpha"][0].as_array().unwrap().len(), 3);
+    assert_eq!(v["topk"][0].as_array().unwrap().len(), 5);
+    assert!(v["loss"].as_f64().unwrap() > 0.0);
+    assert_eq!(v["logits"][0].as_array().unwrap().len(), 300);
+    assert!(v["grads"]["histograms"].as_array().unwrap().len() == 5);
+}
+
+#[test]
+fn errors_exit_with_code_2_and_one_line_naming_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.safetensors");
+    std::fs::write(&bad, b"12345").unwrap();
+    let (code, _, err) = depthlens(&["trace", bad.to_str().unwrap(), "--ids", "1,2"]);
+    assert_eq!(code, 2);
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(err.contains("bad.safetensors"), "{err}");
+    let cfg = common::tiny_config("llama");
+    let p = common::write_single(
+        dir.path(),
+        "m.safetensors",
+        &cfg,
+        &common::tiny_weights(&cfg, 1),
+        StoreDtype::F32,
+    );
+    let (code, _, err) = depthlens(&["trace", p.to_str().unwrap(), "--prompt", ""]);
+    assert_eq!(code, 2);
+    assert!(err.contains("empty"), "{err}");
+    let (code, _, err) = depthlens(&[
+        "trace",
+        p.to_str().unwrap(),
+        "--ids",
+        "1,2",
+        "--device",
+        "gpu",
+    ]);
+    assert_eq!(code, 2);
+    assert!(err.contains("GPU engine"), "{err}");
+}
