@@ -319,3 +319,20 @@ fn empty_and_too_long_prompts_are_clear_errors() {
     let e = reference::tokenize(&tok, &cfg, &Input::Ids(vec![1, 300])).unwrap_err();
     assert!(e.to_string().contains("token id 300"), "{e}");
 }
+
+#[test]
+fn a_batch_of_sequences_gives_each_sequence_its_own_logits() {
+    for kind in ["gpt2", "block:2", "llama"] {
+        let cfg = common::tiny_config(kind);
+        let w = common::tiny_weights(&cfg, 13);
+        let (a, b) = (&IDS[..4], &IDS[5..9]);
+        let batch: Vec<u32> = a.iter().chain(b).copied().collect();
+        let together = forward::logits_batch(&cfg, &w, &batch, 4).unwrap();
+        for (i, seq) in [a, b].iter().enumerate() {
+            let alone = forward::logits_batch(&cfg, &w, seq, 4).unwrap();
+            let part = together.narrow(0, 4 * i, 4).unwrap();
+            let diff = (part - alone).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+            assert!(diff < 1e-5, "{kind} sequence {i}: {diff}");
+        }
+    }
+}

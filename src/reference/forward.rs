@@ -66,6 +66,8 @@ fn input_stats(
 
 struct Context<'a> {
     cfg: &'a ModelConfig,
+    /// Sequences in the batch (rows are `batch * seq_len`).
+    batch: usize,
     mask: Tensor,
     rope: Option<(Tensor, Tensor)>,
 }
@@ -73,9 +75,10 @@ struct Context<'a> {
 fn attention_sublayer(ctx: &Context, layer: &Layer, x: &Tensor) -> candle_core::Result<Tensor> {
     let cfg = ctx.cfg;
     let hd = cfg.head_dim;
-    let mut q = ops::split_heads(&ops::linear(x, &layer.q)?, cfg.num_heads, hd)?;
-    let mut k = ops::split_heads(&ops::linear(x, &layer.k)?, cfg.num_kv_heads, hd)?;
-    let v = ops::split_heads(&ops::linear(x, &layer.v)?, cfg.num_kv_heads, hd)?;
+    let b = ctx.batch;
+    let mut q = ops::split_heads(&ops::linear(x, &layer.q)?, b, cfg.num_heads, hd)?;
+    let mut k = ops::split_heads(&ops::linear(x, &layer.k)?, b, cfg.num_kv_heads, hd)?;
+    let v = ops::split_heads(&ops::linear(x, &layer.v)?, b, cfg.num_kv_heads, hd)?;
     if let Some((cos, sin)) = &ctx.rope {
         q = ops::apply_rope(&q, cos, sin)?;
         k = ops::apply_rope(&k, cos, sin)?;
@@ -101,10 +104,10 @@ fn mlp_sublayer(cfg: &ModelConfig, layer: &Layer, x: &Tensor) -> candle_core::Re
     }
 }
 
-/// Run the model on `ids`, recording every op. `offsets`, one `[T, d]` tensor per op, are added to
-/// each op's output (the final op: to its input); pass zero variables to get `d loss / d v` from
-/// backward, or small perturbations for a finite-difference check. The forward computes in the
-/// weights' dtype (f32; f64 for checks).
+/// Run the model on one sequence `ids`, recording every op. `offsets`, one `[T, d]` tensor per op,
+/// are added to each op's output (the final op: to its input); pass zero variables to get
+/// `d loss / d v` from backward, or small perturbations for a finite-difference check. The forward
+/// computes in the weights' dtype (f32; f64 for checks).
 pub fn forward(
     cfg: &ModelConfig,
     w: &Weights,
@@ -112,17 +115,45 @@ pub fn forward(
     offsets: Option<&[Tensor]>,
     progress: &dyn Progress,
 ) -> candle_core::Result<ForwardOutput> {
-    let t = ids.len();
+    forward_batch(cfg, w, ids, ids.len(), true, offsets, progress)
+}
+
+/// Logits `[B * T, vocab]` of a batch of equally long sequences laid end to end in `ids`
+/// (training). Records no Trace statistics.
+pub fn logits_batch(
+    cfg: &ModelConfig,
+    w: &Weights,
+    ids: &[u32],
+    seq_len: usize,
+) -> candle_core::Result<Tensor> {
+    Ok(forward_batch(cfg, w, ids, seq_len, false, None, &crate::progress::Silent)?.logits)
+}
+
+fn forward_batch(
+    cfg: &ModelConfig,
+    w: &Weights,
+    ids: &[u32],
+    seq_len: usize,
+    record: bool,
+    offsets: Option<&[Tensor]>,
+    progress: &dyn Progress,
+) -> candle_core::Result<ForwardOutput> {
+    if seq_len == 0 || !ids.len().is_multiple_of(seq_len) {
+        candle_core::bail!("{} ids do not split into sequences of {seq_len}", ids.len());
+    }
+    let t = seq_len;
+    let batch = ids.len() / seq_len;
     let dtype = w.embed.dtype();
     let n_ops = cfg.num_sublayers() + 1;
     progress.start("forward", n_ops as u64);
-    let ids_t = Tensor::from_vec(ids.to_vec(), t, &candle_core::Device::Cpu)?;
+    let ids_t = Tensor::from_vec(ids.to_vec(), ids.len(), &candle_core::Device::Cpu)?;
     let mut emb = w.embed.embedding(&ids_t)?;
     if let Some(pos) = &w.positions {
-        emb = (emb + pos.narrow(0, 0, t)?)?;
+        emb = (emb + pos.narrow(0, 0, t)?.repeat((batch, 1))?)?;
     }
     let ctx = Context {
         cfg,
+        batch,
         mask: ops::causal_mask(t, cfg.sliding_window, dtype)?,
         rope: match &cfg.rope {
             Some(r) => Some(ops::rope_tables(r, cfg.head_dim, t, dtype)?),
@@ -157,7 +188,11 @@ pub fn forward(
             .into_iter()
             .map(|(s, t)| (s.to_string(), t))
             .unzip();
-        let stats = input_stats(&sources, &mixed.alpha, &mixed.hidden)?;
+        let stats = if record {
+            Some(input_stats(&sources, &mixed.alpha, &mixed.hidden)?)
+        } else {
+            None
+        };
         let layer = &w.layers[l / 2];
         let (kind, output) = if l % 2 == 0 {
             let x = ops::norm(&mixed.hidden, &layer.attn_norm, cfg.norm)?;
@@ -167,6 +202,10 @@ pub fn forward(
             (OpKind::Mlp, mlp_sublayer(cfg, layer, &x)?)
         };
         let output = offset(l, output)?;
+        let Some(stats) = stats else {
+            state.push_output(&name, output, l + 1 == cfg.num_sublayers())?;
+            continue;
+        };
         let output_rms = ops::vec_f32(&ops::rms(&output.detach())?)?;
         state.push_output(&name, output, l + 1 == cfg.num_sublayers())?;
         // Block: the partial after this sublayer; when the block just closed, that sum is now the
@@ -205,11 +244,22 @@ pub fn forward(
         .into_iter()
         .map(|(s, t)| (s.to_string(), t))
         .unzip();
-    let stats = input_stats(&sources, &mixed.alpha, &mixed.hidden)?;
+    let stats = if record {
+        Some(input_stats(&sources, &mixed.alpha, &mixed.hidden)?)
+    } else {
+        None
+    };
     let hidden = offset(cfg.num_sublayers(), mixed.hidden)?;
     let normed = ops::norm(&hidden, &w.final_norm, cfg.norm)?;
     let head = w.lm_head.as_ref().unwrap_or(&w.embed);
     let logits = normed.matmul(&head.t()?)?;
+    let Some(stats) = stats else {
+        progress.finish();
+        return Ok(ForwardOutput {
+            ops: ops_out,
+            logits,
+        });
+    };
     ops_out.push(DepthOp {
         name: op_name(cfg.num_sublayers(), cfg.num_layers),
         layer: cfg.num_layers,

@@ -147,29 +147,30 @@ pub fn causal_mask(t: usize, window: Option<usize>, dtype: DType) -> Result<Tens
     Tensor::from_vec(m, (t, t), &Device::Cpu)?.to_dtype(dtype)
 }
 
-/// `[T, heads * hd]` -> `[heads, T, hd]`.
-pub fn split_heads(x: &Tensor, heads: usize, hd: usize) -> Result<Tensor> {
-    let t = x.dim(0)?;
-    x.reshape((t, heads, hd))?.transpose(0, 1)?.contiguous()
+/// `[B * T, heads * hd]` -> `[B, heads, T, hd]`.
+pub fn split_heads(x: &Tensor, batch: usize, heads: usize, hd: usize) -> Result<Tensor> {
+    let t = x.dim(0)? / batch;
+    x.reshape((batch, t, heads, hd))?.transpose(1, 2)?.contiguous()
 }
 
-/// Causal multi-head attention with GQA: q `[H, T, hd]`, k and v `[Hkv, T, hd]` -> `[T, H * hd]`.
+/// Causal multi-head attention with GQA: q `[B, H, T, hd]`, k and v `[B, Hkv, T, hd]` ->
+/// `[B * T, H * hd]`.
 pub fn causal_attention(q: &Tensor, k: &Tensor, v: &Tensor, mask: &Tensor) -> Result<Tensor> {
-    let (heads, t, hd) = q.dims3()?;
-    let kv_heads = k.dim(0)?;
+    let (batch, heads, t, hd) = q.dims4()?;
+    let kv_heads = k.dim(1)?;
     let repeat = |x: &Tensor| -> Result<Tensor> {
         if kv_heads == heads {
             return Ok(x.clone());
         }
         // Query head h reads kv head h / (H / Hkv), as transformers' repeat_kv does.
-        x.unsqueeze(1)?
-            .broadcast_as((kv_heads, heads / kv_heads, t, hd))?
-            .reshape((heads, t, hd))
+        x.unsqueeze(2)?
+            .broadcast_as((batch, kv_heads, heads / kv_heads, t, hd))?
+            .reshape((batch, heads, t, hd))
     };
     let (k, v) = (repeat(k)?, repeat(v)?);
     let scores = (q.matmul(&k.t()?)? * (1.0 / (hd as f64).sqrt()))?.broadcast_add(mask)?;
-    let p = softmax(&scores, 2)?;
-    p.matmul(&v)?.transpose(0, 1)?.reshape((t, heads * hd))
+    let p = softmax(&scores, 3)?;
+    p.matmul(&v)?.transpose(1, 2)?.reshape((batch * t, heads * hd))
 }
 
 /// Rows of a `[a, b]` tensor as f32, whatever its dtype (the reference also runs in f64 for
