@@ -41,6 +41,51 @@ pub struct TraceArgs {
     /// Write the Trace JSON here instead of stdout.
     #[arg(long)]
     pub out: Option<PathBuf>,
+    /// Print a per-op table (RMS, strongest depth weights of the last token) instead of JSON on
+    /// stdout (with --out, the JSON still goes to the file).
+    #[arg(long)]
+    pub summary: bool,
+}
+
+/// One line per op: mean hidden/output RMS over tokens and the last token's three strongest
+/// sources (AttnRes: depth weights; baselines: decomposition shares).
+fn print_summary(trace: &crate::trace::Trace) {
+    use crate::trace::Mixing;
+    let mean = |v: &[f32]| v.iter().sum::<f32>() / v.len().max(1) as f32;
+    println!(
+        "{} | {} tokens | loss {}",
+        trace.model.path,
+        trace.tokens.len(),
+        trace.loss.map(|l| format!("{l:.4}")).unwrap_or_else(|| "n/a".into())
+    );
+    println!("{:<9} {:>10} {:>10}  last token: strongest sources", "op", "hidden_rms", "output_rms");
+    for op in &trace.ops {
+        let Some(last) = op.alpha.len().checked_sub(1) else {
+            continue;
+        };
+        let (weights, what) = match op.mixing {
+            Mixing::DepthAttention => (&op.alpha[last], "alpha"),
+            Mixing::ResidualSum => (&op.shares[last], "share"),
+        };
+        let mut order: Vec<usize> = (0..weights.len()).collect();
+        order.sort_by(|&a, &b| weights[b].total_cmp(&weights[a]));
+        let top: Vec<String> = order
+            .iter()
+            .take(3)
+            .map(|&i| format!("{} {}={:.3}", op.sources[i], what, weights[i]))
+            .collect();
+        println!(
+            "{:<9} {:>10.4} {:>10.4}  {}",
+            op.name,
+            mean(&op.hidden_rms),
+            mean(&op.output_rms),
+            top.join(", ")
+        );
+    }
+    if let Some(last) = trace.topk.last() {
+        let preds: Vec<String> = last.iter().map(|p| format!("{:?} {:.3}", p.text, p.prob)).collect();
+        println!("next token after the prompt: {}", preds.join(", "));
+    }
 }
 
 pub fn run(args: TraceArgs) -> anyhow::Result<ExitCode> {
@@ -80,6 +125,9 @@ pub fn run(args: TraceArgs) -> anyhow::Result<ExitCode> {
     let trace = reference::trace(&ckpt, &input, opts, &progress)
         .with_context(|| format!("cannot trace {}", args.checkpoint.display()))?;
     let json = serde_json::to_string(&trace)?;
+    if args.summary {
+        print_summary(&trace);
+    }
     match args.out {
         Some(path) => {
             std::fs::write(&path, json)
@@ -95,6 +143,7 @@ pub fn run(args: TraceArgs) -> anyhow::Result<ExitCode> {
                     .unwrap_or_else(|| "n/a".into())
             );
         }
+        None if args.summary => {}
         None => {
             let mut out = std::io::stdout().lock();
             out.write_all(json.as_bytes())?;
