@@ -4,6 +4,7 @@
 //! forward, the source of truth for every number) -> [`trace::Trace`] -> analysis, views and exports.
 
 pub mod cli;
+pub mod engine;
 pub mod model;
 pub mod progress;
 pub mod reference;

@@ -112,6 +112,27 @@ pub struct ModelSummary {
     pub vocab_size: usize,
 }
 
+impl ModelSummary {
+    /// The summary of a config (`path` left empty for the caller to fill).
+    pub fn of(cfg: &crate::model::ModelConfig) -> Self {
+        use crate::model::AttnResMode;
+        let (depth_mixing, block_size) = match cfg.attnres.map(|a| a.mode) {
+            None => ("baseline", None),
+            Some(AttnResMode::Full) => ("full", None),
+            Some(AttnResMode::Block { block_size }) => ("block", Some(block_size)),
+        };
+        Self {
+            path: String::new(),
+            model_type: cfg.model_type.clone(),
+            depth_mixing: depth_mixing.into(),
+            block_size,
+            num_layers: cfg.num_layers,
+            hidden_size: cfg.hidden_size,
+            vocab_size: cfg.vocab_size,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Trace {
     pub schema_version: u32,

@@ -128,7 +128,28 @@ fn errors_exit_with_code_2_and_one_line_naming_the_file() {
         "1,2",
         "--device",
         "gpu",
+        "--grads",
     ]);
     assert_eq!(code, 2);
-    assert!(err.contains("GPU engine"), "{err}");
+    assert!(err.contains("--grads runs on the CPU reference"), "{err}");
+}
+
+#[test]
+fn trace_on_the_gpu_names_its_adapter_and_agrees_with_the_cpu() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = common::tiny_config("block:3");
+    let p = common::write_single(dir.path(), "m.safetensors", &cfg, &common::tiny_weights(&cfg, 4), StoreDtype::F32);
+    let run = |device: &str| {
+        let out = dir.path().join(format!("{device}.json"));
+        let (code, _, err) = depthlens(&["trace", p.to_str().unwrap(), "--ids", "5,6,7,8,9", "--device", device, "--out", out.to_str().unwrap()]);
+        assert_eq!(code, 0, "{err}");
+        (serde_json::from_str::<serde_json::Value>(&std::fs::read_to_string(out).unwrap()).unwrap(), err)
+    };
+    let (gpu, err) = run("gpu");
+    assert!(err.contains("GPU adapter:"), "{err}");
+    let (cpu, _) = run("cpu");
+    assert_eq!(cpu["device"], "cpu-reference");
+    assert_ne!(gpu["device"], "cpu-reference");
+    let (a, b) = (gpu["loss"].as_f64().unwrap(), cpu["loss"].as_f64().unwrap());
+    assert!((a - b).abs() < 1e-4 * b, "loss {a} vs {b}");
 }

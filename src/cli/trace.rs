@@ -8,6 +8,7 @@ use anyhow::Context;
 use clap::{Args, ValueEnum};
 
 use super::BarProgress;
+use crate::engine::{Engine, GpuTraceOptions};
 use crate::model::{Checkpoint, TokenizerKind};
 use crate::reference::{self, Input, TraceOptions};
 
@@ -88,18 +89,38 @@ fn print_summary(trace: &crate::trace::Trace) {
     }
 }
 
+/// The Trace from the GPU engine (weights uploaded for this one trace).
+fn gpu_trace(engine: &Engine, ckpt: &Checkpoint, input: &Input, logits: bool) -> anyhow::Result<crate::trace::Trace> {
+    let tokens = reference::tokenize(&ckpt.tokenizer, &ckpt.config, input)?;
+    let model = engine.load(&ckpt.config, &ckpt.weights)?;
+    let mut trace = engine.trace(&model, &ckpt.tokenizer, tokens, GpuTraceOptions { logits })?;
+    trace.model.path = ckpt.path.display().to_string();
+    trace.warnings = ckpt.warnings.clone();
+    Ok(trace)
+}
+
 pub fn run(args: TraceArgs) -> anyhow::Result<ExitCode> {
-    match args.device {
-        DeviceChoice::Gpu => {
-            eprintln!(
-                "error: the GPU engine is not built yet; use --device cpu (the reference forward)"
-            );
-            return Ok(ExitCode::from(2));
+    // Gradients come from the reference's autograd; the engine computes forward Traces.
+    if args.grads && args.device == DeviceChoice::Gpu {
+        anyhow::bail!("--grads runs on the CPU reference (the GPU engine has no backward yet); use --device cpu or auto");
+    }
+    let engine = match args.device {
+        DeviceChoice::Cpu => None,
+        DeviceChoice::Gpu => Some(Engine::new().context("--device gpu")?),
+        DeviceChoice::Auto if args.grads => {
+            eprintln!("note: --grads: running the CPU reference");
+            None
         }
-        DeviceChoice::Auto => {
-            eprintln!("note: no GPU engine yet; running the CPU reference forward")
-        }
-        DeviceChoice::Cpu => {}
+        DeviceChoice::Auto => match Engine::new() {
+            Ok(e) => Some(e),
+            Err(e) => {
+                eprintln!("note: no usable GPU ({e}); running the CPU reference");
+                None
+            }
+        },
+    };
+    if let Some(e) = &engine {
+        eprintln!("GPU adapter: {}", e.adapter_name());
     }
     let progress = BarProgress::new();
     let ckpt = Checkpoint::open(&args.checkpoint, &progress)
@@ -122,8 +143,11 @@ pub fn run(args: TraceArgs) -> anyhow::Result<ExitCode> {
         logits: args.logits,
         ..TraceOptions::default()
     };
-    let trace = reference::trace(&ckpt, &input, opts, &progress)
-        .with_context(|| format!("cannot trace {}", args.checkpoint.display()))?;
+    let trace = match &engine {
+        None => reference::trace(&ckpt, &input, opts, &progress).map_err(anyhow::Error::from),
+        Some(engine) => gpu_trace(engine, &ckpt, &input, opts.logits),
+    }
+    .with_context(|| format!("cannot trace {}", args.checkpoint.display()))?;
     let json = serde_json::to_string(&trace)?;
     if args.summary {
         print_summary(&trace);

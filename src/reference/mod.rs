@@ -3,6 +3,7 @@
 
 pub mod depth;
 pub mod forward;
+pub mod generate;
 pub mod grads;
 pub mod ops;
 
@@ -13,6 +14,8 @@ use crate::model::weights::ParamGroup;
 use crate::model::{Checkpoint, Family, ModelConfig, TextTokenizer, Token, Weights};
 use crate::progress::Progress;
 use crate::trace::{ModelSummary, Prediction, Trace, TRACE_SCHEMA_VERSION};
+
+pub use generate::{generate, greedy_ids, Generation, StopReason};
 
 /// Why a trace could not be computed.
 #[derive(Debug, thiserror::Error)]
@@ -162,27 +165,9 @@ pub fn trace_tokens(
     };
     let logits = run.forward.logits.detach();
     let topk = top_k(&logits, opts.top_k, tokenizer)?;
-    let depth_mixing = match cfg.attnres {
-        None => "baseline".to_string(),
-        Some(a) => match a.mode {
-            crate::model::AttnResMode::Full => "full".into(),
-            crate::model::AttnResMode::Block { .. } => "block".into(),
-        },
-    };
     Ok(Trace {
         schema_version: TRACE_SCHEMA_VERSION,
-        model: ModelSummary {
-            path: String::new(),
-            model_type: cfg.model_type.clone(),
-            depth_mixing,
-            block_size: cfg.attnres.and_then(|a| match a.mode {
-                crate::model::AttnResMode::Block { block_size } => Some(block_size),
-                crate::model::AttnResMode::Full => None,
-            }),
-            num_layers: cfg.num_layers,
-            hidden_size: cfg.hidden_size,
-            vocab_size: cfg.vocab_size,
-        },
+        model: ModelSummary::of(cfg),
         device: "cpu-reference".into(),
         tokens,
         ops: depth_ops,

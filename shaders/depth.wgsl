@@ -1,0 +1,84 @@
+// The depth op of one sublayer, per token t (one workgroup each), over n sources held in slots of
+// the sources buffer [slots, T, d] (slot indices in `slots[list_off ..]`):
+//   mode 1 (AttnRes, ATTNRES.md): logit_i = (w*g) . v_i / sqrt(ms_i + eps), alpha = softmax(logit),
+//                                 h = sum_i alpha_i v_i   (w*g folded on upload; ms_i = mean(v_i^2)
+//                                 computed once when the source is written)
+//   mode 0 (PreNorm baseline):    alpha_i = 1, h = v_0 + v_1 + ... (summed in source order)
+// and the op's Trace statistics: alpha, shares_i = alpha_i <v_i, h> / <h, h>, source RMS, hidden
+// RMS. The source loop is serial (n <= MAX_SOURCES), the d loop spread over WG threads.
+
+struct Params {
+    t: u32, d: u32, n: u32, mode: u32,
+    list_off: u32, q_off: u32, h_off: u32, eps: f32,
+    ms_off: u32, alpha_off: u32, shares_off: u32, src_rms_off: u32,
+    hidden_rms_off: u32, _p0: u32, _p1: u32, _p2: u32,
+}
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read> src: array<f32>;
+@group(0) @binding(2) var<storage, read> slots: array<u32>;
+@group(0) @binding(3) var<storage, read> qg: array<f32>;
+@group(0) @binding(4) var<storage, read_write> h: array<f32>;
+@group(0) @binding(5) var<storage, read_write> stats: array<f32>;
+
+var<workgroup> weight: array<f32, MAX_SOURCES>;
+
+fn source_base(i: u32, t: u32) -> u32 {
+    return (slots[p.list_off + i] * p.t + t) * p.d;
+}
+
+@compute @workgroup_size(WG)
+fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let t = wg.x + wg.y * 65535u;
+    if (t >= p.t) { return; }
+    if (p.mode == 1u) {
+        for (var i = 0u; i < p.n; i++) {
+            let base = source_base(i, t);
+            var dot = 0.0;
+            for (var j = lid; j < p.d; j += WG) { dot += src[base + j] * qg[p.q_off + j]; }
+            dot = workgroup_sum(lid, dot);
+            if (lid == 0u) {
+                let ms = stats[p.ms_off + slots[p.list_off + i] * p.t + t];
+                weight[i] = dot / sqrt(ms + p.eps);
+            }
+        }
+        workgroupBarrier();
+        if (lid == 0u) {
+            var m = -3.0e38;
+            for (var i = 0u; i < p.n; i++) { m = max(m, weight[i]); }
+            var sum = 0.0;
+            for (var i = 0u; i < p.n; i++) { weight[i] = exp(weight[i] - m); sum += weight[i]; }
+            for (var i = 0u; i < p.n; i++) { weight[i] = weight[i] / sum; }
+        }
+        workgroupBarrier();
+    } else {
+        for (var i = lid; i < p.n; i += WG) { weight[i] = 1.0; }
+        workgroupBarrier();
+    }
+    let hb = p.h_off + t * p.d;
+    var hh = 0.0;
+    for (var j = lid; j < p.d; j += WG) {
+        var acc = 0.0;
+        for (var i = 0u; i < p.n; i++) {
+            let v = src[source_base(i, t) + j];
+            if (p.mode == 1u) { acc = fma(weight[i], v, acc); } else { acc += v; }
+        }
+        h[hb + j] = acc;
+        hh += acc * acc;
+    }
+    hh = workgroup_sum(lid, hh);
+    // Shares need <v_i, h>: read h back from this thread's own writes (same j stride).
+    for (var i = 0u; i < p.n; i++) {
+        let base = source_base(i, t);
+        var dot = 0.0;
+        for (var j = lid; j < p.d; j += WG) { dot += src[base + j] * h[hb + j]; }
+        dot = workgroup_sum(lid, dot);
+        if (lid == 0u) {
+            let row = t * p.n + i;
+            stats[p.alpha_off + row] = weight[i];
+            stats[p.shares_off + row] = weight[i] * dot / max(hh, 1.1754944e-38);
+            stats[p.src_rms_off + row] = sqrt(stats[p.ms_off + slots[p.list_off + i] * p.t + t]);
+        }
+    }
+    if (lid == 0u) { stats[p.hidden_rms_off + t] = sqrt(hh / f32(p.d)); }
+}

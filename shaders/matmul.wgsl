@@ -1,0 +1,88 @@
+// Batched, strided GEMM: C[b] = alpha * A[b] * B[b / b_group] (+ bias) (+ C[b] if accumulate).
+//   A(i, k) = a[a_off + b * a_bstride + i * a_rs + k]              (rows of A are k-contiguous)
+//   B(k, n) = b[b_off + (b / b_group) * b_bstride + k * b_sk + n * b_sn]
+//             (weights stored [out, in] are B with b_sk = 1, b_sn = in; V in P*V has b_sn = 1)
+//   C(i, n) = c[c_off + b * c_bstride + i * c_rs + n]
+// Tiling: a workgroup computes a TILE_M x TILE_N tile of C, WG_X * WG_Y threads each computing
+// (TILE_M / WG_Y) x (TILE_N / WG_X) outputs from BK-deep slices of A and B staged in workgroup
+// memory. Every load and store is guarded: partial tiles (odd M, N, K) read zeros and write
+// nothing, because this module is built without runtime bounds checks.
+// TILE_M, TILE_N, BK, WG_X, WG_Y are prepended by engine/matmul.rs.
+
+struct Params {
+    m: u32, n: u32, k: u32, b_group: u32,
+    a_off: u32, a_bstride: u32, a_rs: u32, has_bias: u32,
+    b_off: u32, b_bstride: u32, b_sk: u32, b_sn: u32,
+    c_off: u32, c_bstride: u32, c_rs: u32, accumulate: u32,
+    bias_off: u32, alpha: f32, _p0: u32, _p1: u32,
+}
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read> a: array<f32>;
+@group(0) @binding(2) var<storage, read> b: array<f32>;
+@group(0) @binding(3) var<storage, read> bias: array<f32>;
+@group(0) @binding(4) var<storage, read_write> c: array<f32>;
+
+const RM: u32 = TILE_M / WG_Y;
+const RN: u32 = TILE_N / WG_X;
+const THREADS: u32 = WG_X * WG_Y;
+
+var<workgroup> tile_a: array<f32, BK * TILE_M>; // [k][m]
+var<workgroup> tile_b: array<f32, BK * TILE_N>; // [k][n]
+
+@compute @workgroup_size(WG_X, WG_Y, 1)
+fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32,
+        @builtin(local_invocation_id) l: vec3<u32>) {
+    let batch = wg.z;
+    let row0 = wg.y * TILE_M;
+    let col0 = wg.x * TILE_N;
+    let a_base = p.a_off + batch * p.a_bstride;
+    let b_base = p.b_off + (batch / p.b_group) * p.b_bstride;
+    var acc: array<f32, RM * RN>;
+    for (var i = 0u; i < RM * RN; i++) { acc[i] = 0.0; }
+    for (var k0 = 0u; k0 < p.k; k0 += BK) {
+        for (var e = lid; e < BK * TILE_M; e += THREADS) {
+            let mm = e / BK;
+            let kk = e % BK;
+            let row = row0 + mm;
+            let kx = k0 + kk;
+            var v = 0.0;
+            if (row < p.m && kx < p.k) { v = a[a_base + row * p.a_rs + kx]; }
+            tile_a[kk * TILE_M + mm] = v;
+        }
+        for (var e = lid; e < BK * TILE_N; e += THREADS) {
+            var kk: u32; var nn: u32;
+            if (p.b_sk == 1u) { nn = e / BK; kk = e % BK; } else { kk = e / TILE_N; nn = e % TILE_N; }
+            let col = col0 + nn;
+            let kx = k0 + kk;
+            var v = 0.0;
+            if (col < p.n && kx < p.k) { v = b[b_base + kx * p.b_sk + col * p.b_sn]; }
+            tile_b[kk * TILE_N + nn] = v;
+        }
+        workgroupBarrier();
+        for (var kk = 0u; kk < BK; kk++) {
+            var av: array<f32, RM>;
+            var bv: array<f32, RN>;
+            for (var i = 0u; i < RM; i++) { av[i] = tile_a[kk * TILE_M + l.y * RM + i]; }
+            for (var j = 0u; j < RN; j++) { bv[j] = tile_b[kk * TILE_N + l.x * RN + j]; }
+            for (var i = 0u; i < RM; i++) {
+                for (var j = 0u; j < RN; j++) { acc[i * RN + j] = fma(av[i], bv[j], acc[i * RN + j]); }
+            }
+        }
+        workgroupBarrier();
+    }
+    let c_base = p.c_off + batch * p.c_bstride;
+    for (var i = 0u; i < RM; i++) {
+        let row = row0 + l.y * RM + i;
+        if (row >= p.m) { continue; }
+        for (var j = 0u; j < RN; j++) {
+            let col = col0 + l.x * RN + j;
+            if (col >= p.n) { continue; }
+            var v = p.alpha * acc[i * RN + j];
+            if (p.has_bias != 0u) { v += bias[p.bias_off + col]; }
+            let idx = c_base + row * p.c_rs + col;
+            if (p.accumulate != 0u) { v += c[idx]; }
+            c[idx] = v;
+        }
+    }
+}

@@ -1,0 +1,632 @@
+//! Recording a whole forward pass (every sublayer, the depth ops and their Trace statistics, the
+//! head's top-k and loss) as one list of dispatches, then reading back only the Trace.
+
+use wgpu::util::DeviceExt;
+
+use super::kernels::{KernelId, MAX_SOURCES, TOP_K};
+use super::model::{GpuLinear, GpuMlp, GpuModel, GpuNorm};
+use super::plan::{elementwise_groups, row_groups, Plan};
+use super::{Engine, Error};
+use crate::model::{Activation, AttnResMode, NormKind, TextTokenizer, Token};
+use crate::reference::forward::op_name;
+use crate::reference::ops::rope_inv_freq;
+use crate::trace::{DepthOp, Mixing, ModelSummary, OpKind, Prediction, Trace, TRACE_SCHEMA_VERSION};
+
+/// What to read back beyond the Trace's always-present fields.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct GpuTraceOptions {
+    pub logits: bool,
+}
+
+const NONE: u32 = u32::MAX;
+
+/// Where a sublayer's output goes in the sources buffer.
+#[derive(Clone, Copy)]
+enum Sink {
+    /// Full / baseline: the output is a source of its own.
+    Slot(u32),
+    /// Block: first sublayer of a block starts the partial in this slot...
+    StartPartial(u32),
+    /// ...later ones add to it.
+    AddToPartial(u32),
+}
+
+/// Which slots each op reads, with their labels, and where each sublayer writes.
+struct DepthLayout {
+    slots: u32,
+    sources: Vec<Vec<(u32, String)>>,
+    sinks: Vec<Sink>,
+}
+
+fn depth_layout(cfg: &crate::model::ModelConfig) -> DepthLayout {
+    let n_sub = cfg.num_sublayers();
+    let mut sources = Vec::with_capacity(n_sub + 1);
+    let mut sinks = Vec::with_capacity(n_sub);
+    match cfg.attnres.map(|a| a.mode) {
+        Some(AttnResMode::Block { block_size }) => {
+            let mut completed = vec![(0u32, "emb".to_string())];
+            let mut in_block = 0;
+            for l in 0..n_sub {
+                let slot = completed.len() as u32;
+                let mut srcs = completed.clone();
+                if in_block > 0 {
+                    srcs.push((slot, "partial".to_string()));
+                }
+                sources.push(srcs);
+                sinks.push(if in_block == 0 { Sink::StartPartial(slot) } else { Sink::AddToPartial(slot) });
+                in_block += 1;
+                if in_block == block_size || l + 1 == n_sub {
+                    completed.push((slot, format!("B{}", completed.len())));
+                    in_block = 0;
+                }
+            }
+            sources.push(completed.clone());
+            DepthLayout {
+                slots: completed.len() as u32,
+                sources,
+                sinks,
+            }
+        }
+        _ => {
+            let mut all = vec![(0u32, "emb".to_string())];
+            for l in 0..n_sub {
+                sources.push(all.clone());
+                sinks.push(Sink::Slot(l as u32 + 1));
+                all.push((l as u32 + 1, op_name(l, cfg.num_layers)));
+            }
+            sources.push(all);
+            DepthLayout {
+                slots: n_sub as u32 + 1,
+                sources,
+                sinks,
+            }
+        }
+    }
+}
+
+/// Offsets (in floats) of one op's statistics in the stats buffer.
+struct OpStats {
+    n: u32,
+    alpha: u32,
+    shares: u32,
+    src_rms: u32,
+    hidden_rms: u32,
+    output_rms: u32,
+    partial_rms: u32,
+}
+
+struct Buffers {
+    ids: wgpu::Buffer,
+    sources: wgpu::Buffer,
+    h: wgpu::Buffer,
+    x: wgpu::Buffer,
+    y: wgpu::Buffer,
+    q: wgpu::Buffer,
+    k: wgpu::Buffer,
+    v: wgpu::Buffer,
+    att: wgpu::Buffer,
+    scores: wgpu::Buffer,
+    ff_a: wgpu::Buffer,
+    ff_b: wgpu::Buffer,
+    ff_c: wgpu::Buffer,
+    logits: wgpu::Buffer,
+    head_out: wgpu::Buffer,
+    stats: wgpu::Buffer,
+    slot_lists: wgpu::Buffer,
+    cos: wgpu::Buffer,
+    sin: wgpu::Buffer,
+}
+
+const USAGE: wgpu::BufferUsages = wgpu::BufferUsages::STORAGE
+    .union(wgpu::BufferUsages::COPY_DST)
+    .union(wgpu::BufferUsages::COPY_SRC);
+
+/// `C = alpha * A op(B) (+ bias) (+ C)`, as laid out for matmul.wgsl.
+#[derive(Clone, Copy, Default)]
+struct Gemm {
+    m: u32,
+    n: u32,
+    k: u32,
+    batch: u32,
+    b_group: u32,
+    a_off: u32,
+    a_bstride: u32,
+    a_rs: u32,
+    b_off: u32,
+    b_bstride: u32,
+    b_sk: u32,
+    b_sn: u32,
+    c_off: u32,
+    c_bstride: u32,
+    c_rs: u32,
+    accumulate: bool,
+    alpha: f32,
+}
+
+struct Recorder<'a> {
+    plan: Plan,
+    model: &'a GpuModel,
+    b: &'a Buffers,
+    t: u32,
+}
+
+impl Recorder<'_> {
+    fn gemm(&mut self, g: Gemm, a: &wgpu::Buffer, b: &wgpu::Buffer, bias: Option<&wgpu::Buffer>, c: &wgpu::Buffer) {
+        use super::kernels::{MATMUL_TILE_M, MATMUL_TILE_N};
+        let params = [
+            g.m,
+            g.n,
+            g.k,
+            g.b_group.max(1),
+            g.a_off,
+            g.a_bstride,
+            g.a_rs,
+            u32::from(bias.is_some()),
+            g.b_off,
+            g.b_bstride,
+            g.b_sk,
+            g.b_sn,
+            g.c_off,
+            g.c_bstride,
+            g.c_rs,
+            u32::from(g.accumulate),
+            0,
+            g.alpha.to_bits(),
+            0,
+            0,
+        ];
+        let groups = [g.n.div_ceil(MATMUL_TILE_N), g.m.div_ceil(MATMUL_TILE_M), g.batch.max(1)];
+        let bias = bias.unwrap_or(&self.model.dummy);
+        self.plan.push(KernelId::Matmul, &params, &[a, b, bias, c], groups);
+    }
+
+    /// `out[:, :l.out] (at out_off) = x W^T + bias` for x `[T, l.inp]`.
+    fn linear(&mut self, x: &wgpu::Buffer, l: &GpuLinear, out: &wgpu::Buffer, out_off: u32) {
+        let g = Gemm {
+            m: self.t,
+            n: l.out,
+            k: l.inp,
+            batch: 1,
+            a_rs: l.inp,
+            b_sk: 1,
+            b_sn: l.inp,
+            c_off: out_off,
+            c_rs: l.out,
+            alpha: 1.0,
+            ..Default::default()
+        };
+        self.gemm(g, x, &l.weight, l.bias.as_ref(), out);
+    }
+
+    fn norm(&mut self, x: &wgpu::Buffer, n: &GpuNorm, out: &wgpu::Buffer) {
+        let cfg = &self.model.cfg;
+        let (kind, eps) = match cfg.norm {
+            NormKind::Rms { eps } => (0, eps),
+            NormKind::Layer { eps } => (1, eps),
+        };
+        let params = [self.t, cfg.hidden_size as u32, 0, 0, kind, (eps as f32).to_bits(), NONE, NONE];
+        let beta = n.bias.as_ref().unwrap_or(&self.model.dummy);
+        self.plan.push(KernelId::Norm, &params, &[x, &n.weight, beta, out], row_groups(self.t));
+    }
+
+    /// Mean square and/or RMS of `T` rows starting at element `x_off` into the stats buffer.
+    fn row_stats(&mut self, x: &wgpu::Buffer, x_off: u32, ms_off: u32, rms_off: u32) {
+        let d = self.model.cfg.hidden_size as u32;
+        let params = [self.t, d, x_off, 0, 0, 0, ms_off, rms_off];
+        let dummy = &self.model.dummy;
+        self.plan.push(KernelId::RowStats, &params, &[x, dummy, dummy, &self.b.stats], row_groups(self.t));
+    }
+
+    fn elementwise(&mut self, kernel: KernelId, n: u32, a: (&wgpu::Buffer, u32), b: (&wgpu::Buffer, u32), out: (&wgpu::Buffer, u32)) {
+        let params = [n, a.1, b.1, out.1];
+        self.plan.push(kernel, &params, &[a.0, b.0, out.0], elementwise_groups(n));
+    }
+
+    fn attention(&mut self, layer: &super::model::GpuLayer, out: &wgpu::Buffer, out_off: u32) {
+        let cfg = &self.model.cfg;
+        let b = self.b;
+        let (t, hd) = (self.t, cfg.head_dim as u32);
+        let (heads, kv_heads) = (cfg.num_heads as u32, cfg.num_kv_heads as u32);
+        self.linear(&b.x, &layer.q, &b.q, 0);
+        self.linear(&b.x, &layer.k, &b.k, 0);
+        self.linear(&b.x, &layer.v, &b.v, 0);
+        if cfg.rope.is_some() {
+            for (buf, h) in [(&b.q, heads), (&b.k, kv_heads)] {
+                let params = [t, h, hd, 0];
+                let groups = elementwise_groups(t * h * hd / 2);
+                self.plan.push(KernelId::Rope, &params, &[&b.cos, &b.sin, buf], groups);
+            }
+        }
+        // scores[h] = Q_h K_{h/group}^T / sqrt(hd)
+        let scores = Gemm {
+            m: t,
+            n: t,
+            k: hd,
+            batch: heads,
+            b_group: heads / kv_heads,
+            a_off: 0,
+            a_bstride: hd,
+            a_rs: heads * hd,
+            b_off: 0,
+            b_bstride: hd,
+            b_sk: 1,
+            b_sn: kv_heads * hd,
+            c_off: 0,
+            c_bstride: t * t,
+            c_rs: t,
+            accumulate: false,
+            alpha: 1.0 / (hd as f32).sqrt(),
+        };
+        self.gemm(scores, &b.q, &b.k, None, &b.scores);
+        let window = cfg.sliding_window.map(|w| w as u32).unwrap_or(NONE);
+        self.plan.push(KernelId::CausalSoftmax, &[heads, t, window, 0], &[&b.scores], row_groups(heads * t));
+        // att[:, h] = P_h V_{h/group}
+        let pv = Gemm {
+            m: t,
+            n: hd,
+            k: t,
+            batch: heads,
+            b_group: heads / kv_heads,
+            a_off: 0,
+            a_bstride: t * t,
+            a_rs: t,
+            b_off: 0,
+            b_bstride: hd,
+            b_sk: kv_heads * hd,
+            b_sn: 1,
+            c_off: 0,
+            c_bstride: hd,
+            c_rs: heads * hd,
+            accumulate: false,
+            alpha: 1.0,
+        };
+        self.gemm(pv, &b.scores, &b.v, None, &b.att);
+        self.linear(&b.att, &layer.o, out, out_off);
+    }
+
+    fn mlp(&mut self, layer: &super::model::GpuLayer, out: &wgpu::Buffer, out_off: u32) {
+        let b = self.b;
+        let n = self.t * self.model.cfg.intermediate_size as u32;
+        match &layer.mlp {
+            GpuMlp::SwiGlu { gate, up, down } => {
+                self.linear(&b.x, gate, &b.ff_a, 0);
+                self.linear(&b.x, up, &b.ff_b, 0);
+                self.elementwise(KernelId::SiluMul, n, (&b.ff_a, 0), (&b.ff_b, 0), (&b.ff_c, 0));
+                self.linear(&b.ff_c, down, out, out_off);
+            }
+            GpuMlp::Gelu { fc, proj } => {
+                self.linear(&b.x, fc, &b.ff_a, 0);
+                let kernel = match self.model.cfg.activation {
+                    Activation::GeluErf => KernelId::GeluErf,
+                    _ => KernelId::GeluTanh,
+                };
+                self.elementwise(kernel, n, (&b.ff_a, 0), (&b.ff_a, 0), (&b.ff_c, 0));
+                self.linear(&b.ff_c, proj, out, out_off);
+            }
+        }
+    }
+}
+
+fn storage(device: &wgpu::Device, label: &str, floats: u64) -> wgpu::Buffer {
+    device.create_buffer(&wgpu::BufferDescriptor {
+        label: Some(label),
+        size: (floats * 4).max(16),
+        usage: USAGE,
+        mapped_at_creation: false,
+    })
+}
+
+fn init(device: &wgpu::Device, label: &str, bytes: &[u8]) -> wgpu::Buffer {
+    let mut data = bytes.to_vec();
+    data.resize(data.len().max(16), 0);
+    device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+        label: Some(label),
+        contents: &data,
+        usage: USAGE,
+    })
+}
+
+impl Engine {
+    /// The Trace of `tokens` (no gradients: those come from the reference).
+    pub fn trace(
+        &self,
+        model: &GpuModel,
+        tokenizer: &TextTokenizer,
+        tokens: Vec<Token>,
+        opts: GpuTraceOptions,
+    ) -> Result<Trace, Error> {
+        let cfg = &model.cfg;
+        let ids: Vec<u32> = tokens.iter().map(|t| t.id).collect();
+        crate::reference::check_ids(cfg, &ids)?;
+        let t = ids.len() as u32;
+        let d = cfg.hidden_size as u32;
+        let vocab = cfg.vocab_size as u32;
+        let (heads, kv_heads, hd) = (cfg.num_heads as u32, cfg.num_kv_heads as u32, cfg.head_dim as u32);
+        let layout = depth_layout(cfg);
+        if let Some(n) = layout.sources.iter().map(Vec::len).max().filter(|&n| n as u32 > MAX_SOURCES) {
+            return Err(Error::Unsupported(format!("{n} depth sources (at most {MAX_SOURCES})")));
+        }
+        let hint = "shorten the prompt or use --device cpu";
+        let sizes = [
+            ("the depth sources", u64::from(layout.slots) * u64::from(t) * u64::from(d)),
+            ("the attention scores", u64::from(heads) * u64::from(t) * u64::from(t)),
+            ("the logits", u64::from(t) * u64::from(vocab)),
+            ("the MLP activations", u64::from(t) * cfg.intermediate_size as u64),
+        ];
+        for (what, floats) in sizes {
+            self.check_size(what, floats * 4, hint)?;
+        }
+
+        // Stats buffer layout: source mean squares, then each op's statistics.
+        let mut cursor = layout.slots * t;
+        let mut op_stats = Vec::with_capacity(layout.sources.len());
+        let mut lists: Vec<u32> = Vec::new();
+        let mut list_offsets = Vec::new();
+        for srcs in &layout.sources {
+            let n = srcs.len() as u32;
+            list_offsets.push(lists.len() as u32);
+            lists.extend(srcs.iter().map(|(slot, _)| *slot));
+            let mut take = |len: u32| {
+                let at = cursor;
+                cursor += len;
+                at
+            };
+            op_stats.push(OpStats {
+                n,
+                alpha: take(t * n),
+                shares: take(t * n),
+                src_rms: take(t * n),
+                hidden_rms: take(t),
+                output_rms: take(t),
+                partial_rms: take(t),
+            });
+        }
+        let stats_len = cursor;
+        let head_len = t * (2 * TOP_K + 1);
+
+        let (cos, sin) = match &cfg.rope {
+            Some(rope) => {
+                let inv = rope_inv_freq(rope, cfg.head_dim);
+                let mut c = Vec::with_capacity(ids.len() * inv.len());
+                let mut s = Vec::with_capacity(ids.len() * inv.len());
+                for pos in 0..ids.len() {
+                    for f in &inv {
+                        let angle = pos as f64 * f;
+                        c.push(angle.cos() as f32);
+                        s.push(angle.sin() as f32);
+                    }
+                }
+                (c, s)
+            }
+            None => (vec![0.0], vec![0.0]),
+        };
+        let dev = &self.device;
+        let ff = u64::from(t) * cfg.intermediate_size as u64;
+        let b = Buffers {
+            ids: init(dev, "ids", bytemuck::cast_slice(&ids)),
+            sources: storage(dev, "sources", u64::from(layout.slots) * u64::from(t) * u64::from(d)),
+            h: storage(dev, "h", u64::from(t * d)),
+            x: storage(dev, "x", u64::from(t * d)),
+            y: storage(dev, "y", u64::from(t * d)),
+            q: storage(dev, "q", u64::from(t * heads * hd)),
+            k: storage(dev, "k", u64::from(t * kv_heads * hd)),
+            v: storage(dev, "v", u64::from(t * kv_heads * hd)),
+            att: storage(dev, "att", u64::from(t * heads * hd)),
+            scores: storage(dev, "scores", u64::from(heads) * u64::from(t) * u64::from(t)),
+            ff_a: storage(dev, "ff_a", ff),
+            ff_b: storage(dev, "ff_b", ff),
+            ff_c: storage(dev, "ff_c", ff),
+            logits: storage(dev, "logits", u64::from(t) * u64::from(vocab)),
+            head_out: storage(dev, "head_out", u64::from(head_len)),
+            stats: storage(dev, "stats", u64::from(stats_len)),
+            slot_lists: init(dev, "slot_lists", bytemuck::cast_slice(&lists)),
+            cos: init(dev, "cos", bytemuck::cast_slice(&cos)),
+            sin: init(dev, "sin", bytemuck::cast_slice(&sin)),
+        };
+        let mut r = Recorder {
+            plan: Plan::new(self.limits.min_uniform_buffer_offset_alignment),
+            model,
+            b: &b,
+            t,
+        };
+
+        // Embedding (+ learned positions) into slot 0, and its mean square for depth keys.
+        for chunk in &model.embed {
+            let has_pos = u32::from(model.positions.is_some());
+            let positions = model.positions.as_ref().unwrap_or(&model.dummy);
+            let params = [t, d, chunk.row0, chunk.rows, has_pos, 0, 0, 0];
+            r.plan.push(KernelId::Embedding, &params, &[&b.ids, &chunk.buffer, positions, &b.sources], elementwise_groups(t * d));
+        }
+        r.row_stats(&b.sources, 0, 0, NONE);
+
+        let eps = cfg.attnres.map(|a| a.eps).unwrap_or(0.0) as f32;
+        let slot_off = |slot: u32| slot * t * d;
+        for (l, (st, sink)) in op_stats.iter().zip(&layout.sinks).enumerate() {
+            let layer = &model.layers[l / 2];
+            let qg = if l % 2 == 0 { layer.attn_qg.as_ref() } else { layer.mlp_qg.as_ref() };
+            depth_op(&mut r, st, list_offsets[l], qg, eps);
+            let norm = if l % 2 == 0 { &layer.attn_norm } else { &layer.mlp_norm };
+            r.norm(&b.h, norm, &b.x);
+            let (out, out_off) = match sink {
+                Sink::Slot(s) => (&b.sources, slot_off(*s)),
+                Sink::StartPartial(_) | Sink::AddToPartial(_) => (&b.y, 0),
+            };
+            if l % 2 == 0 {
+                r.attention(layer, out, out_off);
+            } else {
+                r.mlp(layer, out, out_off);
+            }
+            match *sink {
+                Sink::Slot(s) => r.row_stats(&b.sources, slot_off(s), s * t, st.output_rms),
+                Sink::StartPartial(s) | Sink::AddToPartial(s) => {
+                    r.row_stats(&b.y, 0, NONE, st.output_rms);
+                    let kernel = if matches!(sink, Sink::StartPartial(_)) { KernelId::Copy } else { KernelId::Accumulate };
+                    r.elementwise(kernel, t * d, (&b.y, 0), (&b.y, 0), (&b.sources, slot_off(s)));
+                    r.row_stats(&b.sources, slot_off(s), s * t, st.partial_rms);
+                }
+            }
+        }
+        // Final op: aggregation (or residual sum), final norm, head, top-k and loss.
+        let n_sub = cfg.num_sublayers();
+        let fin = &op_stats[n_sub];
+        depth_op(&mut r, fin, list_offsets[n_sub], model.final_qg.as_ref(), eps);
+        r.norm(&b.h, &model.final_norm, &b.x);
+        r.row_stats(&b.x, 0, NONE, fin.output_rms);
+        for chunk in model.head_chunks() {
+            let g = Gemm {
+                m: t,
+                n: chunk.rows,
+                k: d,
+                batch: 1,
+                a_rs: d,
+                b_sk: 1,
+                b_sn: d,
+                c_off: chunk.row0,
+                c_rs: vocab,
+                alpha: 1.0,
+                ..Default::default()
+            };
+            r.gemm(g, &b.x, &chunk.buffer, None, &b.logits);
+        }
+        r.plan.push(KernelId::Head, &[t, vocab, 0, 0], &[&b.logits, &b.ids, &b.head_out], row_groups(t));
+
+        // One submission: the forward, then copies of what the Trace needs into one staging buffer.
+        let mut encoder = dev.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("trace") });
+        r.plan.record(dev, &self.kernels, &mut encoder);
+        let stats_bytes = u64::from(stats_len) * 4;
+        let head_bytes = u64::from(head_len) * 4;
+        let logits_bytes = if opts.logits { u64::from(t) * u64::from(vocab) * 4 } else { 0 };
+        let staging = dev.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("readback"),
+            size: (stats_bytes + head_bytes + logits_bytes).max(16),
+            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        encoder.copy_buffer_to_buffer(&b.stats, 0, &staging, 0, stats_bytes);
+        encoder.copy_buffer_to_buffer(&b.head_out, 0, &staging, stats_bytes, head_bytes);
+        if opts.logits {
+            encoder.copy_buffer_to_buffer(&b.logits, 0, &staging, stats_bytes + head_bytes, logits_bytes);
+        }
+        self.queue.submit([encoder.finish()]);
+        let data = self.read(&staging)?;
+        let stats = &data[..stats_len as usize];
+        let head = &data[stats_len as usize..(stats_len + head_len) as usize];
+
+        let rows = |off: u32, n: u32| -> Vec<Vec<f32>> {
+            (0..t).map(|i| stats[(off + i * n) as usize..(off + (i + 1) * n) as usize].to_vec()).collect()
+        };
+        let vec = |off: u32| stats[off as usize..(off + t) as usize].to_vec();
+        let block = matches!(cfg.attnres.map(|a| a.mode), Some(AttnResMode::Block { .. }));
+        let mixing = if cfg.attnres.is_some() { Mixing::DepthAttention } else { Mixing::ResidualSum };
+        let ops = op_stats
+            .iter()
+            .zip(&layout.sources)
+            .enumerate()
+            .map(|(l, (st, srcs))| {
+                let is_final = l == n_sub;
+                DepthOp {
+                    name: op_name(l, cfg.num_layers),
+                    layer: if is_final { cfg.num_layers } else { l / 2 },
+                    kind: if is_final {
+                        OpKind::Final
+                    } else if l % 2 == 0 {
+                        OpKind::Attn
+                    } else {
+                        OpKind::Mlp
+                    },
+                    mixing,
+                    sources: srcs.iter().map(|(_, label)| label.clone()).collect(),
+                    alpha: rows(st.alpha, st.n),
+                    shares: rows(st.shares, st.n),
+                    source_rms: rows(st.src_rms, st.n),
+                    hidden_rms: vec(st.hidden_rms),
+                    output_rms: vec(st.output_rms),
+                    partial_rms: (block && !is_final).then(|| vec(st.partial_rms)),
+                    grad_rms: None,
+                }
+            })
+            .collect();
+        let k = TOP_K as usize;
+        let mut nll_sum = 0f64;
+        let topk = (0..t as usize)
+            .map(|i| {
+                let row = &head[i * (2 * k + 1)..(i + 1) * (2 * k + 1)];
+                if i + 1 < t as usize {
+                    nll_sum += f64::from(row[2 * k]);
+                }
+                (0..k)
+                    .filter(|&j| row[j].to_bits() != u32::MAX)
+                    .map(|j| {
+                        let id = row[j].to_bits();
+                        Prediction {
+                            id,
+                            text: tokenizer.decode(&[id]),
+                            prob: row[k + j],
+                        }
+                    })
+                    .collect()
+            })
+            .collect();
+        let logits = opts.logits.then(|| {
+            let all = &data[(stats_len + head_len) as usize..];
+            all.chunks(vocab as usize).take(t as usize).map(<[f32]>::to_vec).collect()
+        });
+        Ok(Trace {
+            schema_version: TRACE_SCHEMA_VERSION,
+            model: ModelSummary::of(cfg),
+            device: self.adapter_name().to_string(),
+            tokens,
+            ops,
+            topk,
+            loss: (t >= 2).then(|| (nll_sum / f64::from(t - 1)) as f32),
+            grads: None,
+            logits,
+            warnings: Vec::new(),
+        })
+    }
+
+    /// Map a staging buffer and copy it out as f32.
+    fn read(&self, staging: &wgpu::Buffer) -> Result<Vec<f32>, Error> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        staging.map_async(wgpu::MapMode::Read, .., move |r| {
+            let _ = tx.send(r);
+        });
+        self.device
+            .poll(wgpu::PollType::wait_indefinitely())
+            .map_err(|e| Error::Readback(e.to_string()))?;
+        rx.recv()
+            .map_err(|e| Error::Readback(e.to_string()))?
+            .map_err(|e| Error::Readback(e.to_string()))?;
+        let view = staging.get_mapped_range(..).map_err(|e| Error::Readback(e.to_string()))?;
+        let out = bytemuck::cast_slice::<u8, f32>(&view).to_vec();
+        drop(view);
+        staging.unmap();
+        Ok(out)
+    }
+}
+
+fn depth_op(r: &mut Recorder, st: &OpStats, list_off: u32, qg: Option<&wgpu::Buffer>, eps: f32) {
+    let d = r.model.cfg.hidden_size as u32;
+    let mode = u32::from(qg.is_some());
+    let params = [
+        r.t,
+        d,
+        st.n,
+        mode,
+        list_off,
+        0,
+        0,
+        eps.to_bits(),
+        0,
+        st.alpha,
+        st.shares,
+        st.src_rms,
+        st.hidden_rms,
+        0,
+        0,
+        0,
+    ];
+    let qg = qg.unwrap_or(&r.model.dummy);
+    let b = r.b;
+    r.plan.push(KernelId::Depth, &params, &[&b.sources, &b.slot_lists, qg, &b.h, &b.stats], row_groups(r.t));
+}

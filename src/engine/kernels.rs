@@ -1,0 +1,239 @@
+//! The WGSL kernels: sources (with their tile and workgroup constants substituted from here, the
+//! one place they are defined), bind-group layouts, and trusted compute pipelines.
+
+/// GEMM tile: a workgroup computes TILE_M x TILE_N outputs of C with WG_X x WG_Y threads,
+/// staging BK-deep slices of A and B.
+pub const MATMUL_TILE_M: u32 = 64;
+pub const MATMUL_TILE_N: u32 = 64;
+pub const MATMUL_BK: u32 = 16;
+pub const MATMUL_WG_X: u32 = 16;
+pub const MATMUL_WG_Y: u32 = 16;
+/// Threads per workgroup of the row-wise and elementwise kernels (a power of two).
+pub const ROW_WG: u32 = 256;
+/// Most sources one depth op can attend over.
+pub const MAX_SOURCES: u32 = 512;
+/// Next-token predictions kept per position.
+pub const TOP_K: u32 = 5;
+
+const COMMON: &str = include_str!("../../shaders/common.wgsl");
+
+/// How a kernel binds a storage buffer.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Access {
+    Read,
+    ReadWrite,
+}
+use Access::{Read, ReadWrite};
+
+/// One compute entry point: its WGSL file, entry, constants and storage bindings (1..).
+pub struct KernelSpec {
+    pub name: &'static str,
+    pub file: &'static str,
+    pub source: &'static str,
+    pub entry: &'static str,
+    pub consts: &'static [(&'static str, u32)],
+    /// Prepend `common.wgsl` (workgroup reductions).
+    pub common: bool,
+    pub storage: &'static [Access],
+}
+
+const ROW: &[(&str, u32)] = &[("WG", ROW_WG)];
+
+macro_rules! shader {
+    ($file:literal) => {
+        ($file, include_str!(concat!("../../shaders/", $file)))
+    };
+}
+
+const MATMUL: (&str, &str) = shader!("matmul.wgsl");
+const NORM: (&str, &str) = shader!("norm.wgsl");
+const ROPE: (&str, &str) = shader!("rope.wgsl");
+const ATTENTION: (&str, &str) = shader!("attention.wgsl");
+const ACTIVATIONS: (&str, &str) = shader!("activations.wgsl");
+const EMBEDDING: (&str, &str) = shader!("embedding.wgsl");
+const DEPTH: (&str, &str) = shader!("depth.wgsl");
+const HEAD: (&str, &str) = shader!("head.wgsl");
+
+const fn spec(
+    name: &'static str,
+    shader: (&'static str, &'static str),
+    entry: &'static str,
+    consts: &'static [(&'static str, u32)],
+    common: bool,
+    storage: &'static [Access],
+) -> KernelSpec {
+    KernelSpec {
+        name,
+        file: shader.0,
+        source: shader.1,
+        entry,
+        consts,
+        common,
+        storage,
+    }
+}
+
+/// Every kernel the engine ships, in one table (also what the naga validation test walks).
+pub const KERNELS: &[KernelSpec] = &[
+    spec(
+        "matmul",
+        MATMUL,
+        "main",
+        &[
+            ("TILE_M", MATMUL_TILE_M),
+            ("TILE_N", MATMUL_TILE_N),
+            ("BK", MATMUL_BK),
+            ("WG_X", MATMUL_WG_X),
+            ("WG_Y", MATMUL_WG_Y),
+        ],
+        false,
+        &[Read, Read, Read, ReadWrite],
+    ),
+    spec("norm", NORM, "norm", ROW, true, &[Read, Read, Read, ReadWrite]),
+    spec("row_stats", NORM, "row_stats", ROW, true, &[Read, Read, Read, ReadWrite]),
+    spec("rope", ROPE, "main", ROW, false, &[Read, Read, ReadWrite]),
+    spec("causal_softmax", ATTENTION, "causal_softmax", ROW, true, &[ReadWrite]),
+    spec("silu_mul", ACTIVATIONS, "silu_mul", ROW, false, &[Read, Read, ReadWrite]),
+    spec("gelu_tanh", ACTIVATIONS, "gelu_tanh", ROW, false, &[Read, Read, ReadWrite]),
+    spec("gelu_erf", ACTIVATIONS, "gelu_erf", ROW, false, &[Read, Read, ReadWrite]),
+    spec("accumulate", ACTIVATIONS, "accumulate", ROW, false, &[Read, Read, ReadWrite]),
+    spec("copy", ACTIVATIONS, "copy", ROW, false, &[Read, Read, ReadWrite]),
+    spec("embedding", EMBEDDING, "main", ROW, false, &[Read, Read, Read, ReadWrite]),
+    spec(
+        "depth",
+        DEPTH,
+        "main",
+        &[("WG", ROW_WG), ("MAX_SOURCES", MAX_SOURCES)],
+        true,
+        &[Read, Read, Read, ReadWrite, ReadWrite],
+    ),
+    spec(
+        "head",
+        HEAD,
+        "main",
+        &[("WG", ROW_WG), ("K", TOP_K)],
+        true,
+        &[Read, Read, ReadWrite],
+    ),
+];
+
+/// The full WGSL of a kernel: its constants, the shared reductions if used, then the file.
+pub fn wgsl(spec: &KernelSpec) -> String {
+    let mut s = String::new();
+    for (name, value) in spec.consts {
+        s.push_str(&format!("const {name}: u32 = {value}u;\n"));
+    }
+    if spec.common {
+        s.push_str(COMMON);
+    }
+    s.push_str(spec.source);
+    s
+}
+
+/// A compiled kernel ready to dispatch.
+pub struct Kernel {
+    pub name: &'static str,
+    pub pipeline: wgpu::ComputePipeline,
+    pub layout: wgpu::BindGroupLayout,
+    pub storage: &'static [Access],
+}
+
+/// Byte size of every kernel's uniform parameter binding (each `Params` struct fits in it).
+pub const PARAMS_BINDING_SIZE: u64 = 256;
+
+pub fn build(device: &wgpu::Device, spec: &KernelSpec) -> Kernel {
+    let source = wgsl(spec);
+    // SAFETY: every kernel guards its own indices (partial tiles, odd sizes); the parity tests on
+    // non-tile-multiple sizes prove the guards. Runtime bounds checks cost ~50x on GEMM (GPU.md).
+    let module = unsafe {
+        device.create_shader_module_trusted(
+            wgpu::ShaderModuleDescriptor {
+                label: Some(spec.name),
+                source: wgpu::ShaderSource::Wgsl(source.into()),
+            },
+            wgpu::ShaderRuntimeChecks::unchecked(),
+        )
+    };
+    let mut entries = vec![wgpu::BindGroupLayoutEntry {
+        binding: 0,
+        visibility: wgpu::ShaderStages::COMPUTE,
+        ty: wgpu::BindingType::Buffer {
+            ty: wgpu::BufferBindingType::Uniform,
+            has_dynamic_offset: true,
+            min_binding_size: wgpu::BufferSize::new(PARAMS_BINDING_SIZE),
+        },
+        count: None,
+    }];
+    for (i, access) in spec.storage.iter().enumerate() {
+        entries.push(wgpu::BindGroupLayoutEntry {
+            binding: i as u32 + 1,
+            visibility: wgpu::ShaderStages::COMPUTE,
+            ty: wgpu::BindingType::Buffer {
+                ty: wgpu::BufferBindingType::Storage {
+                    read_only: *access == Access::Read,
+                },
+                has_dynamic_offset: false,
+                min_binding_size: None,
+            },
+            count: None,
+        });
+    }
+    let layout = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
+        label: Some(spec.name),
+        entries: &entries,
+    });
+    let pipeline_layout = device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
+        label: Some(spec.name),
+        bind_group_layouts: &[Some(&layout)],
+        immediate_size: 0,
+    });
+    let pipeline = device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+        label: Some(spec.name),
+        layout: Some(&pipeline_layout),
+        module: &module,
+        entry_point: Some(spec.entry),
+        compilation_options: Default::default(),
+        cache: None,
+    });
+    Kernel {
+        name: spec.name,
+        pipeline,
+        layout,
+        storage: spec.storage,
+    }
+}
+
+/// Names the kernels of [`KERNELS`], in table order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KernelId {
+    Matmul,
+    Norm,
+    RowStats,
+    Rope,
+    CausalSoftmax,
+    SiluMul,
+    GeluTanh,
+    GeluErf,
+    Accumulate,
+    Copy,
+    Embedding,
+    Depth,
+    Head,
+}
+
+/// All kernels, compiled.
+pub struct Kernels {
+    kernels: Vec<Kernel>,
+}
+
+impl Kernels {
+    pub fn build_all(device: &wgpu::Device) -> Self {
+        Self {
+            kernels: KERNELS.iter().map(|s| build(device, s)).collect(),
+        }
+    }
+
+    pub fn get(&self, id: KernelId) -> &Kernel {
+        &self.kernels[id as usize]
+    }
+}

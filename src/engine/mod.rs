@@ -1,0 +1,134 @@
+//! The GPU engine: the forward pass in our own WGSL compute shaders through wgpu, producing the
+//! same [`Trace`](crate::trace::Trace) as the candle reference (minus gradients), recorded into
+//! one command buffer and read back once.
+
+mod forward;
+pub mod kernels;
+mod model;
+mod plan;
+
+pub use forward::GpuTraceOptions;
+pub use model::GpuModel;
+
+use kernels::Kernels;
+
+/// Why the GPU engine could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("no GPU adapter found ({0}); install a Vulkan driver (Mesa's lavapipe works without a GPU) or use --device cpu")]
+    NoAdapter(String),
+    #[error("GPU adapter `{adapter}`: cannot create a device: {reason}")]
+    Device { adapter: String, reason: String },
+    #[error("GPU adapter `{adapter}`: {what} needs {needed} bytes, but the adapter allows {limit} ({hint})")]
+    Limit {
+        adapter: String,
+        what: String,
+        needed: u64,
+        limit: u64,
+        hint: String,
+    },
+    #[error("the GPU engine does not support {0}")]
+    Unsupported(String),
+    #[error("reading results back from the GPU failed: {0}")]
+    Readback(String),
+    #[error(transparent)]
+    Input(#[from] crate::reference::Error),
+}
+
+/// A wgpu device with the depthlens kernels compiled for it.
+pub struct Engine {
+    pub(crate) device: wgpu::Device,
+    pub(crate) queue: wgpu::Queue,
+    pub(crate) kernels: Kernels,
+    pub(crate) limits: wgpu::Limits,
+    adapter_name: String,
+}
+
+/// Adapters in the order we prefer them: real GPUs on Vulkan first, software last.
+fn adapter_rank(info: &wgpu::AdapterInfo) -> (u8, u8) {
+    let device = match info.device_type {
+        wgpu::DeviceType::DiscreteGpu => 0,
+        wgpu::DeviceType::IntegratedGpu => 1,
+        wgpu::DeviceType::VirtualGpu => 2,
+        wgpu::DeviceType::Cpu => 3,
+        wgpu::DeviceType::Other => 4,
+    };
+    let backend = match info.backend {
+        wgpu::Backend::Vulkan => 0,
+        wgpu::Backend::Metal | wgpu::Backend::Dx12 => 1,
+        _ => 2,
+    };
+    (device, backend)
+}
+
+impl Engine {
+    /// Open the best adapter (`WGPU_BACKEND` / `WGPU_ADAPTER_NAME` narrow the choice) with its own
+    /// limits, not wgpu's defaults (which cap a storage binding at 128 MiB).
+    pub fn new() -> Result<Self, Error> {
+        let instance = wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
+        let backends = wgpu::Backends::from_env().unwrap_or(wgpu::Backends::all());
+        let mut adapters = pollster::block_on(instance.enumerate_adapters(backends));
+        if let Ok(wanted) = std::env::var("WGPU_ADAPTER_NAME") {
+            let wanted = wanted.to_lowercase();
+            adapters.retain(|a| a.get_info().name.to_lowercase().contains(&wanted));
+        }
+        // Compute needs storage buffers in compute shaders; GL adapters under WebGL2 limits have none.
+        adapters.retain(|a| a.limits().max_storage_buffers_per_shader_stage >= 6);
+        adapters.sort_by_key(|a| adapter_rank(&a.get_info()));
+        let adapter = adapters
+            .into_iter()
+            .next()
+            .ok_or_else(|| Error::NoAdapter(format!("backends {backends:?}")))?;
+        let info = adapter.get_info();
+        let limits = adapter.limits();
+        let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
+            label: Some("depthlens"),
+            required_features: wgpu::Features::empty(),
+            required_limits: limits.clone(),
+            experimental_features: wgpu::ExperimentalFeatures::disabled(),
+            memory_hints: wgpu::MemoryHints::Performance,
+            trace: wgpu::Trace::Off,
+        }))
+        .map_err(|e| Error::Device {
+            adapter: info.name.clone(),
+            reason: e.to_string(),
+        })?;
+        Ok(Self::from_device(device, queue, &info))
+    }
+
+    /// Use a device someone else opened (the app's eframe renderer), so there is only one.
+    pub fn from_device(device: wgpu::Device, queue: wgpu::Queue, info: &wgpu::AdapterInfo) -> Self {
+        let limits = device.limits();
+        let kernels = Kernels::build_all(&device);
+        Self {
+            device,
+            queue,
+            kernels,
+            limits,
+            adapter_name: format!("{} ({:?})", info.name, info.backend),
+        }
+    }
+
+    /// The adapter, as the Trace's `device` field names it.
+    pub fn adapter_name(&self) -> &str {
+        &self.adapter_name
+    }
+
+    /// Largest storage buffer this device can bind.
+    pub(crate) fn max_binding(&self) -> u64 {
+        u64::from(self.limits.max_storage_buffer_binding_size).min(self.limits.max_buffer_size)
+    }
+
+    pub(crate) fn check_size(&self, what: &str, bytes: u64, hint: &str) -> Result<(), Error> {
+        if bytes > self.max_binding() {
+            return Err(Error::Limit {
+                adapter: self.adapter_name.clone(),
+                what: what.to_string(),
+                needed: bytes,
+                limit: self.max_binding(),
+                hint: hint.to_string(),
+            });
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,126 @@
+//! The GPU engine against the candle reference, on Mesa's software Vulkan in CI (a real GPU where
+//! there is one). These tests fail, never skip, when no adapter is found.
+
+mod common;
+
+use std::sync::OnceLock;
+
+use depthlens::engine::kernels::{wgsl, KERNELS};
+use depthlens::engine::{Engine, GpuTraceOptions};
+use depthlens::model::TextTokenizer;
+use depthlens::progress::Silent;
+use depthlens::reference::{self, TraceOptions};
+use depthlens::trace::Trace;
+
+fn engine() -> &'static Engine {
+    static ENGINE: OnceLock<Engine> = OnceLock::new();
+    ENGINE.get_or_init(|| {
+        Engine::new().unwrap_or_else(|e| panic!("GPU tests need an adapter (CI installs lavapipe via scripts/setup.sh): {e}"))
+    })
+}
+
+#[test]
+fn every_shipped_wgsl_kernel_parses_and_validates() {
+    for spec in KERNELS {
+        let source = wgsl(spec);
+        let module = naga::front::wgsl::parse_str(&source)
+            .unwrap_or_else(|e| panic!("{} ({}): {}", spec.name, spec.file, e.emit_to_string(&source)));
+        naga::valid::Validator::new(naga::valid::ValidationFlags::all(), naga::valid::Capabilities::all())
+            .validate(&module)
+            .unwrap_or_else(|e| panic!("{} ({}): {e:?}", spec.name, spec.file));
+        assert!(module.entry_points.iter().any(|e| e.name == spec.entry), "{}: entry {}", spec.name, spec.entry);
+    }
+}
+
+fn both(kind: &str, ids: &[u32]) -> (Trace, Trace) {
+    let cfg = common::tiny_config(kind);
+    let w = common::tiny_weights(&cfg, 31);
+    let tok = TextTokenizer::byte_fallback();
+    let opts = TraceOptions { logits: true, ..Default::default() };
+    let cpu = reference::trace_tokens(&cfg, &w, &tok, tok.tokens_from_ids(ids), opts, &Silent).unwrap();
+    let gpu_model = engine().load(&cfg, &w).unwrap();
+    let gpu = engine()
+        .trace(&gpu_model, &tok, tok.tokens_from_ids(ids), GpuTraceOptions { logits: true })
+        .unwrap();
+    (cpu, gpu)
+}
+
+fn assert_rel(what: &str, gpu: &[f32], cpu: &[f32], floor: f32, tol: f32) {
+    let err = common::max_rel_err(gpu, cpu, floor);
+    assert!(err <= tol, "{what}: max rel err {err:.2e} > {tol:.0e}");
+}
+
+fn assert_parity(kind: &str, ids: &[u32]) {
+    let (cpu, gpu) = both(kind, ids);
+    let err = common::normwise_err(&gpu.logits.as_ref().unwrap().concat(), &cpu.logits.as_ref().unwrap().concat());
+    assert!(err < 1e-5, "{kind}: logits max |diff| / max |logit| = {err:.2e}");
+    assert_eq!(gpu.ops.len(), cpu.ops.len());
+    for (g, c) in gpu.ops.iter().zip(&cpu.ops) {
+        let what = |f: &str| format!("{kind} {} {f}", c.name);
+        assert_eq!(g.name, c.name);
+        assert_eq!(g.sources, c.sources, "{}", what("sources"));
+        assert_eq!(g.kind, c.kind);
+        assert_eq!(g.layer, c.layer);
+        assert_rel(&what("alpha"), &g.alpha.concat(), &c.alpha.concat(), 1e-3, 1e-4);
+        assert_rel(&what("shares"), &g.shares.concat(), &c.shares.concat(), 1e-2, 1e-4);
+        assert_rel(&what("source_rms"), &g.source_rms.concat(), &c.source_rms.concat(), 1e-6, 1e-4);
+        assert_rel(&what("hidden_rms"), &g.hidden_rms, &c.hidden_rms, 1e-6, 1e-4);
+        assert_rel(&what("output_rms"), &g.output_rms, &c.output_rms, 1e-6, 1e-4);
+        match (&g.partial_rms, &c.partial_rms) {
+            (Some(a), Some(b)) => assert_rel(&what("partial_rms"), a, b, 1e-6, 1e-4),
+            (None, None) => {}
+            _ => panic!("{}: partial_rms present on one side only", what("")),
+        }
+    }
+    let (gl, cl) = (gpu.loss.unwrap(), cpu.loss.unwrap());
+    assert!((gl - cl).abs() <= 1e-4 * cl.abs(), "{kind}: loss {gl} vs {cl}");
+    for (t, (g, c)) in gpu.topk.iter().zip(&cpu.topk).enumerate() {
+        assert_eq!(g.len(), 5);
+        // Ids agree unless two logits are within rounding of each other.
+        for (a, b) in g.iter().zip(c) {
+            assert!(a.id == b.id || (a.prob - b.prob).abs() < 1e-5, "{kind} token {t}: top-k {g:?} vs {c:?}");
+            assert!((a.prob - b.prob).abs() <= 1e-4 * b.prob.max(1e-3), "{kind} token {t}: prob {} vs {}", a.prob, b.prob);
+        }
+    }
+    assert!(gpu.device.contains('('), "the trace names its adapter: {}", gpu.device);
+}
+
+const ODD: [u32; 13] = [5, 17, 250, 3, 3, 99, 42, 0, 123, 7, 64, 299, 1];
+
+#[test]
+fn llama_trace_matches_the_reference() {
+    assert_parity("llama", &ODD);
+}
+
+#[test]
+fn qwen2_trace_matches_the_reference() {
+    assert_parity("qwen2", &ODD);
+}
+
+#[test]
+fn mistral_sliding_window_trace_matches_the_reference() {
+    assert_parity("mistral", &ODD);
+}
+
+#[test]
+fn gpt2_trace_matches_the_reference() {
+    assert_parity("gpt2", &ODD);
+}
+
+#[test]
+fn full_attnres_trace_matches_the_reference() {
+    assert_parity("full", &ODD);
+}
+
+#[test]
+fn block_attnres_trace_matches_the_reference() {
+    assert_parity("block:3", &ODD);
+    assert_parity("block:4", &ODD[..7]);
+}
+
+#[test]
+fn a_one_token_prompt_works_on_the_gpu() {
+    let (cpu, gpu) = both("block:2", &[42]);
+    assert_eq!(gpu.loss, None);
+    assert_eq!(cpu.ops.len(), gpu.ops.len());
+}
