@@ -5,7 +5,7 @@ mod common;
 
 use std::sync::OnceLock;
 
-use depthlens::engine::kernels::{wgsl, KERNELS};
+use depthlens::engine::kernels::{wgsl, KernelId, KERNELS};
 use depthlens::engine::{Engine, GpuTraceOptions};
 use depthlens::model::TextTokenizer;
 use depthlens::progress::Silent;
@@ -40,7 +40,7 @@ fn both(kind: &str, ids: &[u32]) -> (Trace, Trace) {
     let cpu = reference::trace_tokens(&cfg, &w, &tok, tok.tokens_from_ids(ids), opts, &Silent).unwrap();
     let gpu_model = engine().load(&cfg, &w).unwrap();
     let gpu = engine()
-        .trace(&gpu_model, &tok, tok.tokens_from_ids(ids), GpuTraceOptions { logits: true })
+        .trace(&gpu_model, &tok, tok.tokens_from_ids(ids), GpuTraceOptions { logits: true, profile: false })
         .unwrap();
     (cpu, gpu)
 }
@@ -123,4 +123,63 @@ fn a_one_token_prompt_works_on_the_gpu() {
     let (cpu, gpu) = both("block:2", &[42]);
     assert_eq!(gpu.loss, None);
     assert_eq!(cpu.ops.len(), gpu.ops.len());
+}
+
+/// f64 product of `[m, k]` and `[n, k]^T`.
+fn reference_nt(a: &[f32], b: &[f32], m: usize, n: usize, k: usize) -> Vec<f32> {
+    let mut c = vec![0f32; m * n];
+    for i in 0..m {
+        for j in 0..n {
+            c[i * n + j] = (0..k).map(|x| f64::from(a[i * k + x]) * f64::from(b[j * k + x])).sum::<f64>() as f32;
+        }
+    }
+    c
+}
+
+#[test]
+fn gemm_kernels_match_at_odd_sizes_on_fresh_random_inputs() {
+    let mut rng = depthlens::model::random::Rng::new(std::process::id() as u64);
+    let mut seen = Vec::new();
+    // Small-tile and large-tile variants, partial tiles on every edge, K not a multiple of BK.
+    for (m, n, k) in [(1, 7, 3), (67, 131, 45), (13, 300, 77), (257, 513, 129), (1031, 1029, 37)] {
+        let variant = depthlens::engine::kernels::gemm_variant(m as u32, n as u32).0;
+        let a: Vec<f32> = (0..m * k).map(|_| rng.normal() as f32).collect();
+        let b: Vec<f32> = (0..n * k).map(|_| rng.normal() as f32).collect();
+        let got = engine().matmul_nt(&a, &b, m, n, k).unwrap();
+        let want = reference_nt(&a, &b, m, n, k);
+        let err = common::normwise_err(&got, &want);
+        assert!(err < 1e-5, "GEMM {m}x{n}x{k} ({variant:?}): max |diff| / max |c| = {err:.2e}");
+        seen.push(variant);
+    }
+    assert!(seen.contains(&KernelId::Matmul) && seen.contains(&KernelId::MatmulLarge), "both GEMM variants ran");
+}
+
+/// A model with every dimension past one tile and none a multiple of a tile or workgroup:
+/// d = 300 (> 256 threads per row), 70 tokens, 5 heads of 60, 261 MLP units, vocab 300.
+#[test]
+fn wide_block_model_trace_matches_the_reference() {
+    let v = serde_json::json!({
+        "model_type": "attnres", "vocab_size": 300, "hidden_size": 300, "intermediate_size": 261,
+        "num_hidden_layers": 2, "num_attention_heads": 5, "num_key_value_heads": 5,
+        "max_position_embeddings": 300, "rms_norm_eps": 1e-5, "rope_theta": 10000.0,
+        "tie_word_embeddings": false, "attnres_mode": "block", "attnres_block_size": 3
+    });
+    let cfg = depthlens::model::ModelConfig::from_json(&v, "wide").unwrap();
+    let init = depthlens::model::random::RandomInit { weight_std: 0.1, gain_std: 0.1, query_std: 0.3 };
+    let w = depthlens::model::random::random_weights(&cfg, init, 5).unwrap();
+    let ids: Vec<u32> = (0..270).map(|i| (i * 37 % 300) as u32).collect();
+    let tok = TextTokenizer::byte_fallback();
+    let opts = TraceOptions { logits: true, ..Default::default() };
+    let cpu = reference::trace_tokens(&cfg, &w, &tok, tok.tokens_from_ids(&ids), opts, &Silent).unwrap();
+    let model = engine().load(&cfg, &w).unwrap();
+    let gpu = engine()
+        .trace(&model, &tok, tok.tokens_from_ids(&ids), GpuTraceOptions { logits: true, profile: false })
+        .unwrap();
+    let err = common::normwise_err(&gpu.logits.unwrap().concat(), &cpu.logits.unwrap().concat());
+    assert!(err < 1e-5, "logits: {err:.2e}");
+    for (g, c) in gpu.ops.iter().zip(&cpu.ops) {
+        assert_rel(&format!("{} alpha", c.name), &g.alpha.concat(), &c.alpha.concat(), 1e-3, 1e-4);
+        assert_rel(&format!("{} hidden_rms", c.name), &g.hidden_rms, &c.hidden_rms, 1e-6, 1e-4);
+        assert_rel(&format!("{} output_rms", c.name), &g.output_rms, &c.output_rms, 1e-6, 1e-4);
+    }
 }

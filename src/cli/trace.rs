@@ -93,7 +93,7 @@ fn print_summary(trace: &crate::trace::Trace) {
 fn gpu_trace(engine: &Engine, ckpt: &Checkpoint, input: &Input, logits: bool) -> anyhow::Result<crate::trace::Trace> {
     let tokens = reference::tokenize(&ckpt.tokenizer, &ckpt.config, input)?;
     let model = engine.load(&ckpt.config, &ckpt.weights)?;
-    let mut trace = engine.trace(&model, &ckpt.tokenizer, tokens, GpuTraceOptions { logits })?;
+    let mut trace = engine.trace(&model, &ckpt.tokenizer, tokens, GpuTraceOptions { logits, profile: false })?;
     trace.model.path = ckpt.path.display().to_string();
     trace.warnings = ckpt.warnings.clone();
     Ok(trace)

@@ -16,6 +16,15 @@ use crate::trace::{DepthOp, Mixing, ModelSummary, OpKind, Prediction, Trace, TRA
 #[derive(Debug, Clone, Copy, Default)]
 pub struct GpuTraceOptions {
     pub logits: bool,
+    /// Time every dispatch with GPU timestamps (one compute pass each; slower overall).
+    pub profile: bool,
+}
+
+/// GPU time of one dispatch (profiling).
+#[derive(Debug, Clone)]
+pub struct KernelTime {
+    pub kernel: &'static str,
+    pub nanoseconds: f64,
 }
 
 const NONE: u32 = u32::MAX;
@@ -152,7 +161,6 @@ struct Recorder<'a> {
 
 impl Recorder<'_> {
     fn gemm(&mut self, g: Gemm, a: &wgpu::Buffer, b: &wgpu::Buffer, bias: Option<&wgpu::Buffer>, c: &wgpu::Buffer) {
-        use super::kernels::{MATMUL_TILE_M, MATMUL_TILE_N};
         let params = [
             g.m,
             g.n,
@@ -175,9 +183,10 @@ impl Recorder<'_> {
             0,
             0,
         ];
-        let groups = [g.n.div_ceil(MATMUL_TILE_N), g.m.div_ceil(MATMUL_TILE_M), g.batch.max(1)];
+        let (kernel, tile) = super::kernels::gemm_variant(g.m, g.n);
+        let groups = [g.n.div_ceil(tile.tile), g.m.div_ceil(tile.tile), g.batch.max(1)];
         let bias = bias.unwrap_or(&self.model.dummy);
-        self.plan.push(KernelId::Matmul, &params, &[a, b, bias, c], groups);
+        self.plan.push(kernel, &params, &[a, b, bias, c], groups);
     }
 
     /// `out[:, :l.out] (at out_off) = x W^T + bias` for x `[T, l.inp]`.
@@ -335,6 +344,17 @@ impl Engine {
         tokens: Vec<Token>,
         opts: GpuTraceOptions,
     ) -> Result<Trace, Error> {
+        self.trace_profiled(model, tokenizer, tokens, opts).map(|(t, _)| t)
+    }
+
+    /// The Trace, and with `opts.profile` the GPU time of every dispatch.
+    pub fn trace_profiled(
+        &self,
+        model: &GpuModel,
+        tokenizer: &TextTokenizer,
+        tokens: Vec<Token>,
+        opts: GpuTraceOptions,
+    ) -> Result<(Trace, Vec<KernelTime>), Error> {
         let cfg = &model.cfg;
         let ids: Vec<u32> = tokens.iter().map(|t| t.id).collect();
         crate::reference::check_ids(cfg, &ids)?;
@@ -492,7 +512,41 @@ impl Engine {
 
         // One submission: the forward, then copies of what the Trace needs into one staging buffer.
         let mut encoder = dev.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("trace") });
-        r.plan.record(dev, &self.kernels, &mut encoder);
+        let kernel_ids = r.plan.kernel_ids();
+        let profile = opts.profile && self.device.features().contains(wgpu::Features::TIMESTAMP_QUERY);
+        if opts.profile && !profile {
+            return Err(Error::Unsupported(format!("GPU timestamps on `{}`", self.adapter_name)));
+        }
+        let n_queries = (2 * kernel_ids.len()) as u32;
+        if profile && n_queries > wgpu::QUERY_SET_MAX_QUERIES {
+            return Err(Error::Unsupported(format!("profiling {} dispatches in one forward", kernel_ids.len())));
+        }
+        let query_set = profile.then(|| {
+            dev.create_query_set(&wgpu::QuerySetDescriptor {
+                label: Some("kernel timestamps"),
+                ty: wgpu::QueryType::Timestamp,
+                count: n_queries,
+            })
+        });
+        r.plan.record(dev, &self.kernels, &mut encoder, query_set.as_ref());
+        let times_bytes = if profile { u64::from(n_queries) * 8 } else { 0 };
+        let times_staging = query_set.as_ref().map(|qs| {
+            let resolve = dev.create_buffer(&wgpu::BufferDescriptor {
+                label: Some("timestamps"),
+                size: times_bytes,
+                usage: wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC,
+                mapped_at_creation: false,
+            });
+            encoder.resolve_query_set(qs, 0..n_queries, &resolve, 0);
+            let staging = dev.create_buffer(&wgpu::BufferDescriptor {
+                label: Some("timestamps readback"),
+                size: times_bytes,
+                usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+                mapped_at_creation: false,
+            });
+            encoder.copy_buffer_to_buffer(&resolve, 0, &staging, 0, times_bytes);
+            staging
+        });
         let stats_bytes = u64::from(stats_len) * 4;
         let head_bytes = u64::from(head_len) * 4;
         let logits_bytes = if opts.logits { u64::from(t) * u64::from(vocab) * 4 } else { 0 };
@@ -509,6 +563,18 @@ impl Engine {
         }
         self.queue.submit([encoder.finish()]);
         let data = self.read(&staging)?;
+        let mut kernel_times = Vec::new();
+        if let Some(ts) = &times_staging {
+            let raw: Vec<u64> = bytemuck::cast_slice::<f32, u64>(&self.read(ts)?).to_vec();
+            let period = f64::from(self.queue.get_timestamp_period());
+            for (i, id) in kernel_ids.iter().enumerate() {
+                let (begin, end) = (raw[2 * i], raw[2 * i + 1]);
+                kernel_times.push(KernelTime {
+                    kernel: self.kernels.get(*id).name,
+                    nanoseconds: end.saturating_sub(begin) as f64 * period,
+                });
+            }
+        }
         let stats = &data[..stats_len as usize];
         let head = &data[stats_len as usize..(stats_len + head_len) as usize];
 
@@ -571,7 +637,7 @@ impl Engine {
             let all = &data[(stats_len + head_len) as usize..];
             all.chunks(vocab as usize).take(t as usize).map(<[f32]>::to_vec).collect()
         });
-        Ok(Trace {
+        let trace = Trace {
             schema_version: TRACE_SCHEMA_VERSION,
             model: ModelSummary::of(cfg),
             device: self.adapter_name().to_string(),
@@ -582,11 +648,12 @@ impl Engine {
             grads: None,
             logits,
             warnings: Vec::new(),
-        })
+        };
+        Ok((trace, kernel_times))
     }
 
     /// Map a staging buffer and copy it out as f32.
-    fn read(&self, staging: &wgpu::Buffer) -> Result<Vec<f32>, Error> {
+    pub(crate) fn read(&self, staging: &wgpu::Buffer) -> Result<Vec<f32>, Error> {
         let (tx, rx) = std::sync::mpsc::channel();
         staging.map_async(wgpu::MapMode::Read, .., move |r| {
             let _ = tx.send(r);

@@ -1,13 +1,28 @@
 //! The WGSL kernels: sources (with their tile and workgroup constants substituted from here, the
 //! one place they are defined), bind-group layouts, and trusted compute pipelines.
 
-/// GEMM tile: a workgroup computes TILE_M x TILE_N outputs of C with WG_X x WG_Y threads,
-/// staging BK-deep slices of A and B.
-pub const MATMUL_TILE_M: u32 = 64;
-pub const MATMUL_TILE_N: u32 = 64;
-pub const MATMUL_BK: u32 = 16;
-pub const MATMUL_WG_X: u32 = 16;
-pub const MATMUL_WG_Y: u32 = 16;
+/// GEMM tiles: a workgroup computes TILE x TILE outputs of C with 16 x 16 threads, staging
+/// BK-deep slices of A and B. The small tile (4 x 4 outputs per thread) keeps short prompts'
+/// GEMMs spread over many workgroups; the large one (8 x 8 per thread, GPU.md's 31.7 TFLOP/s
+/// configuration) serves big ones.
+pub const MATMUL_SMALL: GemmTile = GemmTile { tile: 64, bk: 16 };
+pub const MATMUL_LARGE: GemmTile = GemmTile { tile: 128, bk: 8 };
+pub const MATMUL_WG: u32 = 16;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GemmTile {
+    pub tile: u32,
+    pub bk: u32,
+}
+
+/// The GEMM variant for an `M x N` output: the large tile once it still yields enough workgroups.
+pub fn gemm_variant(m: u32, n: u32) -> (KernelId, GemmTile) {
+    if m >= 256 && n >= 256 && u64::from(m.div_ceil(128)) * u64::from(n.div_ceil(128)) >= 64 {
+        (KernelId::MatmulLarge, MATMUL_LARGE)
+    } else {
+        (KernelId::Matmul, MATMUL_SMALL)
+    }
+}
 /// Threads per workgroup of the row-wise and elementwise kernels (a power of two).
 pub const ROW_WG: u32 = 256;
 /// Most sources one depth op can attend over.
@@ -80,11 +95,25 @@ pub const KERNELS: &[KernelSpec] = &[
         MATMUL,
         "main",
         &[
-            ("TILE_M", MATMUL_TILE_M),
-            ("TILE_N", MATMUL_TILE_N),
-            ("BK", MATMUL_BK),
-            ("WG_X", MATMUL_WG_X),
-            ("WG_Y", MATMUL_WG_Y),
+            ("TILE_M", MATMUL_SMALL.tile),
+            ("TILE_N", MATMUL_SMALL.tile),
+            ("BK", MATMUL_SMALL.bk),
+            ("WG_X", MATMUL_WG),
+            ("WG_Y", MATMUL_WG),
+        ],
+        false,
+        &[Read, Read, Read, ReadWrite],
+    ),
+    spec(
+        "matmul_large",
+        MATMUL,
+        "main",
+        &[
+            ("TILE_M", MATMUL_LARGE.tile),
+            ("TILE_N", MATMUL_LARGE.tile),
+            ("BK", MATMUL_LARGE.bk),
+            ("WG_X", MATMUL_WG),
+            ("WG_Y", MATMUL_WG),
         ],
         false,
         &[Read, Read, Read, ReadWrite],
@@ -207,6 +236,7 @@ pub fn build(device: &wgpu::Device, spec: &KernelSpec) -> Kernel {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum KernelId {
     Matmul,
+    MatmulLarge,
     Norm,
     RowStats,
     Rope,

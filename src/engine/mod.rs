@@ -3,11 +3,12 @@
 //! one command buffer and read back once.
 
 mod forward;
+mod matmul;
 pub mod kernels;
 mod model;
 mod plan;
 
-pub use forward::GpuTraceOptions;
+pub use forward::{GpuTraceOptions, KernelTime};
 pub use model::GpuModel;
 
 use kernels::Kernels;
@@ -83,7 +84,8 @@ impl Engine {
         let limits = adapter.limits();
         let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
             label: Some("depthlens"),
-            required_features: wgpu::Features::empty(),
+            // Timestamps only for `depthlens bench`; everything else needs no optional feature.
+            required_features: adapter.features() & wgpu::Features::TIMESTAMP_QUERY,
             required_limits: limits.clone(),
             experimental_features: wgpu::ExperimentalFeatures::disabled(),
             memory_hints: wgpu::MemoryHints::Performance,

@@ -63,8 +63,20 @@ impl Plan {
         });
     }
 
-    /// Record every dispatch, in order, into one compute pass of `encoder`.
-    pub fn record(&self, device: &wgpu::Device, kernels: &Kernels, encoder: &mut wgpu::CommandEncoder) {
+    /// Kernel of each dispatch, in order.
+    pub fn kernel_ids(&self) -> Vec<KernelId> {
+        self.dispatches.iter().map(|d| d.kernel).collect()
+    }
+
+    /// Record every dispatch, in order, into one compute pass of `encoder`; with `timestamps`
+    /// (profiling), one pass per dispatch writing its begin/end at `2i`, `2i + 1`.
+    pub fn record(
+        &self,
+        device: &wgpu::Device,
+        kernels: &Kernels,
+        encoder: &mut wgpu::CommandEncoder,
+        timestamps: Option<&wgpu::QuerySet>,
+    ) {
         let params = device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
             label: Some("params"),
             contents: &self.params,
@@ -96,6 +108,22 @@ impl Plan {
                 })
             })
             .collect();
+        if let Some(query_set) = timestamps {
+            for (i, (d, bg)) in self.dispatches.iter().zip(&bind_groups).enumerate() {
+                let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                    label: Some(kernels.get(d.kernel).name),
+                    timestamp_writes: Some(wgpu::ComputePassTimestampWrites {
+                        query_set,
+                        beginning_of_pass_write_index: Some(2 * i as u32),
+                        end_of_pass_write_index: Some(2 * i as u32 + 1),
+                    }),
+                });
+                pass.set_pipeline(&kernels.get(d.kernel).pipeline);
+                pass.set_bind_group(0, bg, &[d.params_offset]);
+                pass.dispatch_workgroups(d.groups[0], d.groups[1], d.groups[2]);
+            }
+            return;
+        }
         let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
             label: Some("forward"),
             timestamp_writes: None,

@@ -1,0 +1,210 @@
+//! `depthlens bench`: time the forward with the full Trace read back, on the GPU engine or the CPU
+//! reference, and the GEMM kernel alone. Prints tables; numbers go to BENCHMARKS.md.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Instant;
+
+use anyhow::{bail, Context};
+use clap::Args;
+
+use crate::engine::{Engine, GpuTraceOptions};
+use crate::model::random::{random_weights, RandomInit};
+use crate::model::{Checkpoint, ModelConfig, TextTokenizer, Weights};
+use crate::progress::Silent;
+use crate::reference::{self, TraceOptions};
+
+use super::trace::DeviceChoice;
+
+#[derive(Args, Debug)]
+pub struct BenchArgs {
+    /// Checkpoint to time (or use --synthetic).
+    pub checkpoint: Option<PathBuf>,
+    /// A random model: ARCH,LAYERS,DIM with ARCH baseline|full|block (Llama-style, vocab 50304;
+    /// 576 gives the SmolLM2-135M shape: 9 heads, 3 kv heads, vocab 49152; Block uses ~8 blocks).
+    #[arg(long)]
+    pub synthetic: Option<String>,
+    /// Prompt lengths to time.
+    #[arg(long, value_delimiter = ',', default_value = "64,128,512,2048")]
+    pub tokens: Vec<usize>,
+    #[arg(long, value_enum, default_value_t = DeviceChoice::Gpu)]
+    pub device: DeviceChoice,
+    /// Timed runs per length (median reported), after warm-up runs.
+    #[arg(long, default_value_t = 20)]
+    pub iters: usize,
+    #[arg(long, default_value_t = 3)]
+    pub warmup: usize,
+    /// Per-kernel GPU timestamps for this prompt length.
+    #[arg(long)]
+    pub profile: Option<usize>,
+    /// Time the GEMM kernel alone: 4096^3 and the model's own shapes at 512 tokens.
+    #[arg(long)]
+    pub matmul: bool,
+}
+
+/// The synthetic models of GPU.md's anchors.
+pub fn synthetic_config(spec: &str) -> anyhow::Result<ModelConfig> {
+    let parts: Vec<&str> = spec.split(',').collect();
+    let [arch, layers, dim] = parts.as_slice() else {
+        bail!("--synthetic wants ARCH,LAYERS,DIM, e.g. block,12,768");
+    };
+    let layers: usize = layers.parse().context("LAYERS")?;
+    let dim: usize = dim.parse().context("DIM")?;
+    let (heads, kv_heads, vocab) = if dim == 576 { (9, 3, 49152) } else { (dim / 64, dim / 64, 50304) };
+    let ffn = (8 * dim / 3).div_ceil(256) * 256;
+    let mut v = serde_json::json!({
+        "model_type": "llama", "vocab_size": vocab, "hidden_size": dim, "intermediate_size": ffn,
+        "num_hidden_layers": layers, "num_attention_heads": heads, "num_key_value_heads": kv_heads,
+        "max_position_embeddings": 4096, "rms_norm_eps": 1e-5, "rope_theta": 10000.0,
+        "tie_word_embeddings": true
+    });
+    match *arch {
+        "baseline" => {}
+        "full" => {
+            v["model_type"] = "attnres".into();
+            v["attnres_mode"] = "full".into();
+        }
+        "block" => {
+            v["model_type"] = "attnres".into();
+            v["attnres_mode"] = "block".into();
+            v["attnres_block_size"] = (2 * layers).div_ceil(8).into();
+        }
+        other => bail!("ARCH `{other}`: expected baseline, full or block"),
+    }
+    Ok(ModelConfig::from_json(&v, "--synthetic")?)
+}
+
+/// Multiply-adds x2 of one forward: projections, attention (the full T x T the kernels compute)
+/// and the LM head at every position.
+fn forward_flops(cfg: &ModelConfig, t: usize) -> f64 {
+    let (d, t) = (cfg.hidden_size as f64, t as f64);
+    let q = (cfg.num_heads * cfg.head_dim) as f64;
+    let kv = (cfg.num_kv_heads * cfg.head_dim) as f64;
+    let ff = cfg.intermediate_size as f64;
+    let mlp_mats = if matches!(cfg.activation, crate::model::Activation::SwiGlu) { 3.0 } else { 2.0 };
+    let per_layer = 2.0 * t * (d * q * 2.0 + d * kv * 2.0 + mlp_mats * d * ff) + 2.0 * 2.0 * t * t * q;
+    cfg.num_layers as f64 * per_layer + 2.0 * t * d * cfg.vocab_size as f64
+}
+
+/// Bytes a forward must move at least: every weight once, and the logits written and read.
+fn forward_bytes(params: usize, cfg: &ModelConfig, t: usize) -> f64 {
+    4.0 * params as f64 + 8.0 * (t * cfg.vocab_size) as f64
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
+    let (cfg, weights, label): (ModelConfig, Weights, String) = match (&args.checkpoint, &args.synthetic) {
+        (Some(path), None) => {
+            let ckpt = Checkpoint::open(path, &Silent).with_context(|| format!("cannot open {}", path.display()))?;
+            (ckpt.config, ckpt.weights, path.display().to_string())
+        }
+        (None, Some(spec)) => {
+            let cfg = synthetic_config(spec)?;
+            let init = RandomInit {
+                weight_std: 0.02,
+                gain_std: 0.0,
+                query_std: 0.1,
+            };
+            let w = random_weights(&cfg, init, 1)?;
+            (cfg, w, format!("synthetic {spec}"))
+        }
+        _ => bail!("give a checkpoint or --synthetic ARCH,LAYERS,DIM (not both)"),
+    };
+    let params = weights.parameter_count();
+    let tok = TextTokenizer::byte_fallback();
+    let ids_for = |t: usize| -> Vec<u32> { (0..t).map(|i| ((i * 7919 + 13) % cfg.vocab_size) as u32).collect() };
+    let engine = match args.device {
+        DeviceChoice::Cpu => None,
+        _ => Some(Engine::new()?),
+    };
+    let device = engine.as_ref().map(|e| e.adapter_name().to_string()).unwrap_or_else(|| {
+        format!("cpu-reference (candle, {} threads)", std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1))
+    });
+    println!("model: {label} ({:.1} M parameters, {} layers, d={}, vocab {}, mixing {})",
+        params as f64 / 1e6, cfg.num_layers, cfg.hidden_size, cfg.vocab_size,
+        crate::trace::ModelSummary::of(&cfg).depth_mixing);
+    println!("device: {device}");
+    if args.matmul {
+        let Some(engine) = &engine else { bail!("--matmul times the GPU kernel: use --device gpu") };
+        println!("\n| GEMM (M x K) x (N x K)^T | ms | TFLOP/s |\n|---|---|---|");
+        let d = cfg.hidden_size;
+        let mut shapes = vec![(4096, 4096, 4096, "4096^3")];
+        let q = cfg.num_heads * cfg.head_dim;
+        shapes.extend([
+            (512, q, d, "q/o proj T=512"),
+            (512, cfg.intermediate_size, d, "gate/up T=512"),
+            (512, d, cfg.intermediate_size, "down T=512"),
+            (512, cfg.vocab_size, d, "LM head T=512"),
+        ]);
+        for (m, n, k, name) in shapes {
+            let ms = engine.time_matmul(m, n, k, 10, 5)?;
+            let tflops = 2.0 * (m * n * k) as f64 / (ms * 1e-3) / 1e12;
+            println!("| {name} ({m}x{k})x({n}x{k})^T | {ms:.3} | {tflops:.2} |");
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    let gpu_model = match &engine {
+        Some(e) => Some(e.load(&cfg, &weights)?),
+        None => None,
+    };
+    println!("\n| tokens | ms / forward + Trace (median of {}) | tokens/s | TFLOP/s | GB/s |\n|---|---|---|---|---|", args.iters);
+    for &t in &args.tokens {
+        if t > cfg.max_positions {
+            println!("| {t} | (longer than the model's {} positions) | | | |", cfg.max_positions);
+            continue;
+        }
+        let ids = ids_for(t);
+        let mut times = Vec::new();
+        for i in 0..args.warmup + args.iters {
+            let started = Instant::now();
+            match (&engine, &gpu_model) {
+                (Some(e), Some(m)) => {
+                    e.trace(m, &tok, tok.tokens_from_ids(&ids), GpuTraceOptions::default())?;
+                }
+                _ => {
+                    reference::trace_tokens(&cfg, &weights, &tok, tok.tokens_from_ids(&ids), TraceOptions::default(), &Silent)?;
+                }
+            }
+            if i >= args.warmup {
+                times.push(started.elapsed().as_secs_f64() * 1e3);
+            }
+        }
+        let ms = median(times);
+        println!(
+            "| {t} | {ms:.2} | {:.0} | {:.2} | {:.0} |",
+            t as f64 / (ms * 1e-3),
+            forward_flops(&cfg, t) / (ms * 1e-3) / 1e12,
+            forward_bytes(params, &cfg, t) / (ms * 1e-3) / 1e9
+        );
+    }
+    if let (Some(t), Some(e), Some(m)) = (args.profile, &engine, &gpu_model) {
+        let ids = ids_for(t);
+        let opts = GpuTraceOptions { logits: false, profile: true };
+        e.trace_profiled(m, &tok, tok.tokens_from_ids(&ids), opts)?; // warm-up
+        let (_, times) = e.trace_profiled(m, &tok, tok.tokens_from_ids(&ids), opts)?;
+        let total: f64 = times.iter().map(|k| k.nanoseconds).sum();
+        let mut by_kernel: Vec<(&str, usize, f64)> = Vec::new();
+        for k in &times {
+            match by_kernel.iter_mut().find(|(n, _, _)| *n == k.kernel) {
+                Some(e) => {
+                    e.1 += 1;
+                    e.2 += k.nanoseconds;
+                }
+                None => by_kernel.push((k.kernel, 1, k.nanoseconds)),
+            }
+        }
+        by_kernel.sort_by(|a, b| b.2.total_cmp(&a.2));
+        println!("\nGPU time per kernel at T={t} (timestamps, one pass per dispatch; sum {:.3} ms):", total / 1e6);
+        println!("| kernel | dispatches | ms | share |\n|---|---|---|---|");
+        for (name, calls, ns) in &by_kernel {
+            println!("| {name} | {calls} | {:.3} | {:.1}% |", ns / 1e6, 100.0 * ns / total);
+        }
+        let depth: f64 = times.iter().filter(|k| k.kernel == "depth").map(|k| k.nanoseconds).sum();
+        println!("depth ops (the AttnRes / residual mixing kernel): {:.2}% of GPU time", 100.0 * depth / total);
+    }
+    Ok(ExitCode::SUCCESS)
+}
