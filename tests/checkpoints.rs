@@ -465,3 +465,26 @@ fn transformers_5_config_with_rope_parameters_and_dtype_is_read() {
     let e = depthlens::model::ModelConfig::from_json(&bad, "config.json").unwrap_err();
     assert!(e.to_string().contains("yarn"), "{e}");
 }
+
+#[test]
+fn a_folder_tokenizer_json_tokenises_prompts_with_byte_spans() {
+    let dir = tempfile::tempdir().unwrap();
+    let corpus = dir.path().join("corpus.txt");
+    let text = "the quick brown fox jumps over the lazy dog. ".repeat(50) + "über naïve café ";
+    std::fs::write(&corpus, &text).unwrap();
+    let tokenizer = depthlens::train::bpe::train_bpe(&corpus, 280).unwrap();
+    let cfg = common::tiny_config("llama");
+    let folder = common::write_folder(&dir.path().join("m"), &cfg, &common::tiny_weights(&cfg, 2));
+    tokenizer.save(folder.join("tokenizer.json"), false).unwrap();
+    let ckpt = open(&folder).unwrap();
+    assert!(matches!(ckpt.tokenizer.kind, depthlens::model::TokenizerKind::HuggingFace { .. }));
+    let prompt = "the lazy café fox";
+    let t = reference::trace(&ckpt, &Input::Text(prompt.into()), TraceOptions::default(), &Silent).unwrap();
+    assert!(t.tokens.len() < prompt.len(), "BPE merges bytes into words: {:?}", t.tokens);
+    let mut covered = String::new();
+    for tok in &t.tokens {
+        assert_eq!(&prompt[tok.start..tok.end], tok.text, "span of {tok:?}");
+        covered.push_str(&tok.text);
+    }
+    assert_eq!(covered, prompt, "spans tile the prompt");
+}

@@ -183,3 +183,30 @@ fn wide_block_model_trace_matches_the_reference() {
         assert_rel(&format!("{} output_rms", c.name), &g.output_rms, &c.output_rms, 1e-6, 1e-4);
     }
 }
+
+#[test]
+fn demo_checkpoints_trace_the_same_on_gpu_and_cpu() {
+    let dir = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("assets/demo");
+    for arch in ["baseline", "full", "block"] {
+        let ckpt = depthlens::model::Checkpoint::open(&dir.join(format!("{arch}.safetensors")), &Silent)
+            .unwrap_or_else(|e| panic!("demo checkpoint {arch}: {e}"));
+        let input = reference::Input::Text("Full fathom five thy father lies; of his bones are coral made.".into());
+        let tokens = reference::tokenize(&ckpt.tokenizer, &ckpt.config, &input).unwrap();
+        let opts = TraceOptions { logits: true, ..Default::default() };
+        let cpu = reference::trace_tokens(&ckpt.config, &ckpt.weights, &ckpt.tokenizer, tokens.clone(), opts, &Silent).unwrap();
+        let model = engine().load(&ckpt.config, &ckpt.weights).unwrap();
+        let gpu = engine()
+            .trace(&model, &ckpt.tokenizer, tokens, GpuTraceOptions { logits: true, profile: false })
+            .unwrap();
+        let err = common::normwise_err(&gpu.logits.unwrap().concat(), &cpu.logits.unwrap().concat());
+        assert!(err < 1e-5, "{arch}: logits {err:.2e}");
+        for (g, c) in gpu.ops.iter().zip(&cpu.ops) {
+            assert_eq!(g.sources, c.sources);
+            assert_rel(&format!("{arch} {} alpha", c.name), &g.alpha.concat(), &c.alpha.concat(), 1e-3, 1e-4);
+            assert_rel(&format!("{arch} {} hidden_rms", c.name), &g.hidden_rms, &c.hidden_rms, 1e-6, 1e-4);
+            assert_rel(&format!("{arch} {} output_rms", c.name), &g.output_rms, &c.output_rms, 1e-6, 1e-4);
+        }
+        let (gl, cl) = (gpu.loss.unwrap(), cpu.loss.unwrap());
+        assert!((gl - cl).abs() < 1e-4 * cl, "{arch}: loss {gl} vs {cl}");
+    }
+}
