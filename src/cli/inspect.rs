@@ -32,6 +32,8 @@ struct Report<'a> {
     dtypes: &'a std::collections::BTreeMap<String, usize>,
     data_bytes: usize,
     tokenizer: &'a TokenizerKind,
+    /// GGUF: the quantisation types, and that the weights were dequantised to f32.
+    quantization: Option<&'a str>,
     warnings: &'a [String],
 }
 
@@ -68,6 +70,7 @@ pub fn run(args: InspectArgs) -> anyhow::Result<ExitCode> {
         dtypes: &ckpt.dtypes,
         data_bytes: ckpt.data_bytes,
         tokenizer: &ckpt.tokenizer.kind,
+        quantization: ckpt.quantization.as_deref(),
         warnings: &ckpt.warnings,
     };
     if args.json {
@@ -75,6 +78,9 @@ pub fn run(args: InspectArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     println!("checkpoint     {}", report.path);
+    if let Some(q) = &ckpt.quantization {
+        println!("quantization   {q}");
+    }
     println!("layout         {}", serde_json::to_string(&ckpt.layout)?);
     println!(
         "model_type     {} ({:?} family)",
@@ -133,13 +139,24 @@ pub fn run(args: InspectArgs) -> anyhow::Result<ExitCode> {
                 ckpt.tokenizer.vocab_size()
             )
         }
+        TokenizerKind::Gguf { model, pre, .. } => {
+            println!(
+                "tokenizer      rebuilt from GGUF metadata (tokenizer.ggml.model {model}, pre {pre}; {} entries)",
+                ckpt.tokenizer.vocab_size()
+            )
+        }
         TokenizerKind::ByteFallback => {
             println!(
                 "tokenizer      none shipped: byte-level fallback (token id = UTF-8 byte value)"
             )
         }
     }
-    for w in &ckpt.warnings {
+    // The quantisation note was printed at the top; the rest are warnings proper.
+    for w in ckpt
+        .warnings
+        .iter()
+        .filter(|w| Some(w.as_str()) != ckpt.quantization.as_deref())
+    {
         println!("warning        {w}");
     }
     Ok(ExitCode::SUCCESS)

@@ -1,5 +1,6 @@
 //! Command-line interface: one file per subcommand.
 
+mod generate;
 mod inspect;
 mod progress;
 mod trace;
@@ -20,7 +21,7 @@ pub use progress::BarProgress;
 pub struct Cli {
     #[command(subcommand)]
     pub command: Option<Command>,
-    /// Checkpoint to open in the desktop app (a folder or a .safetensors file).
+    /// Checkpoint to open in the desktop app (a folder, a .safetensors or a .gguf file).
     pub checkpoint: Option<PathBuf>,
 }
 
@@ -30,6 +31,8 @@ pub enum Command {
     Inspect(inspect::InspectArgs),
     /// Run a prompt through the model and write the Trace as JSON.
     Trace(trace::TraceArgs),
+    /// Continue a prompt greedily with the reference forward (checks a checkpoint reads right).
+    Generate(generate::GenerateArgs),
 }
 
 /// Run a parsed command line. Errors carry a one-line cause naming the file, tensor or field.
@@ -37,6 +40,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Some(Command::Inspect(args)) => inspect::run(args),
         Some(Command::Trace(args)) => trace::run(args),
+        Some(Command::Generate(args)) => generate::run(args),
         None => {
             eprintln!(
                 "depthlens: the desktop app is not part of this build yet.\n\

@@ -8,7 +8,9 @@ use serde::Serialize;
 use serde_json::Value;
 
 use super::config::{Family, ModelConfig};
-use super::loader::Loader;
+use super::gguf::{self, GgufFile};
+use super::gguf_tokenizer;
+use super::loader::{Loader, TensorSource};
 use super::store::TensorStore;
 use super::tokenizer::TextTokenizer;
 use super::weights::Weights;
@@ -33,6 +35,8 @@ pub enum CheckpointLayout {
         index: PathBuf,
         shards: Vec<PathBuf>,
     },
+    /// One llama.cpp `.gguf` file: config and tokenizer from its metadata, weights dequantised.
+    Gguf { file: PathBuf },
 }
 
 /// An opened model: config, f32 weights on the CPU, tokenizer, and what we noticed on the way.
@@ -46,8 +50,14 @@ pub struct Checkpoint {
     pub dtypes: BTreeMap<String, usize>,
     /// Bytes of tensor data on disk.
     pub data_bytes: usize,
-    /// Things a researcher should know (NaN weights, tied head mismatch, ...). Never fatal.
+    /// Things a researcher should know (NaN weights, tied head mismatch, dequantised GGUF
+    /// weights, ...). Never fatal.
     pub warnings: Vec<String>,
+    /// Set when the stored weights were quantised (GGUF): which types, and that every number
+    /// depthlens shows comes from their f32 dequantisation. Also the first of `warnings`.
+    pub quantization: Option<String>,
+    /// Token ids that end a generation (`eos_token_id` of the config or GGUF metadata).
+    pub eos_token_ids: Vec<u32>,
 }
 
 fn read_json(path: &Path) -> Result<Value, Error> {
@@ -63,12 +73,16 @@ fn read_json(path: &Path) -> Result<Value, Error> {
 }
 
 impl Checkpoint {
-    /// Open a folder or a `.safetensors` file. `progress` hears about weight loading.
+    /// Open a folder, a `.safetensors` file or a `.gguf` file. `progress` hears about weight
+    /// loading.
     pub fn open(path: &Path, progress: &dyn Progress) -> Result<Self, Error> {
         let meta = std::fs::metadata(path).map_err(|source| Error::Io {
             path: path.to_path_buf(),
             source,
         })?;
+        if !meta.is_dir() && looks_like_gguf(path) {
+            return Self::open_gguf(path, progress);
+        }
         let (layout, store, config_json, config_origin, tokenizer) = if meta.is_dir() {
             open_folder(path)?
         } else {
@@ -79,36 +93,152 @@ impl Checkpoint {
             Some(t) => t,
             None => TextTokenizer::byte_fallback(),
         };
-        let mut loader = Loader::new(&store, progress);
-        let weights = match config.family {
-            Family::Llama => llama::load(&config, &mut loader)?,
-            Family::Gpt2 => gpt2::load(&config, &mut loader)?,
-        };
-        let mut warnings = loader.finish(&config.model_type)?;
-        if matches!(tokenizer.kind, super::TokenizerKind::ByteFallback) && config.vocab_size < 256 {
-            warnings.push(format!(
-                "no tokenizer ships with this checkpoint and its vocabulary ({}) is smaller than 256 \
-                 bytes: use --ids",
-                config.vocab_size
-            ));
-        }
         let mut dtypes = BTreeMap::new();
         for e in store.entries() {
             *dtypes
                 .entry(format!("{:?}", e.dtype).to_lowercase())
                 .or_insert(0) += 1;
         }
-        Ok(Self {
-            path: path.to_path_buf(),
+        let eos_token_ids = eos_ids(&config_json, path, &layout);
+        let parts = Parts {
+            path,
             layout,
             config,
-            weights,
             tokenizer,
             dtypes,
             data_bytes: store.data_bytes(),
+            warnings: Vec::new(),
+            quantization: None,
+            eos_token_ids,
+        };
+        parts.build(&store, progress)
+    }
+
+    fn open_gguf(path: &Path, progress: &dyn Progress) -> Result<Self, Error> {
+        let file = GgufFile::open(path)?;
+        let (config_json, origin) = file.config_json()?;
+        let config = ModelConfig::from_json(&config_json, &origin)?;
+        let mut warnings = Vec::new();
+        let quantization = file.quantization_note();
+        warnings.extend(quantization.clone());
+        let (tokenizer, eos_token_ids) = match gguf_tokenizer::from_gguf(&file)? {
+            Some(t) => {
+                warnings.extend(t.warnings);
+                (t.tokenizer, t.eos_ids)
+            }
+            None => {
+                if config.vocab_size >= 256 {
+                    warnings.push(
+                        "the GGUF file has no tokenizer.ggml.* metadata: prompts are read as bytes \
+                         (id = byte value), which is not this model's vocabulary; use --ids"
+                            .into(),
+                    );
+                }
+                (TextTokenizer::byte_fallback(), Vec::new())
+            }
+        };
+        let tensors = file.dequantise(config.num_heads, config.num_kv_heads, progress)?;
+        let parts = Parts {
+            path,
+            layout: CheckpointLayout::Gguf {
+                file: path.to_path_buf(),
+            },
+            config,
+            tokenizer,
+            dtypes: file.dtypes(),
+            data_bytes: file.data_bytes(),
             warnings,
+            quantization,
+            eos_token_ids,
+        };
+        parts.build(&tensors, progress)
+    }
+}
+
+/// Everything but the weights; [`Parts::build`] loads those the same way for every format.
+struct Parts<'a> {
+    path: &'a Path,
+    layout: CheckpointLayout,
+    config: ModelConfig,
+    tokenizer: TextTokenizer,
+    dtypes: BTreeMap<String, usize>,
+    data_bytes: usize,
+    warnings: Vec<String>,
+    quantization: Option<String>,
+    eos_token_ids: Vec<u32>,
+}
+
+impl Parts<'_> {
+    fn build(
+        self,
+        source: &dyn TensorSource,
+        progress: &dyn Progress,
+    ) -> Result<Checkpoint, Error> {
+        let config = self.config;
+        let mut loader = Loader::new(source, progress);
+        let weights = match config.family {
+            Family::Llama => llama::load(&config, &mut loader)?,
+            Family::Gpt2 => gpt2::load(&config, &mut loader)?,
+        };
+        let mut warnings = self.warnings;
+        warnings.extend(loader.finish(&config.model_type)?);
+        if matches!(self.tokenizer.kind, super::TokenizerKind::ByteFallback)
+            && config.vocab_size < 256
+        {
+            warnings.push(format!(
+                "no tokenizer ships with this checkpoint and its vocabulary ({}) is smaller than 256 \
+                 bytes: use --ids",
+                config.vocab_size
+            ));
+        }
+        Ok(Checkpoint {
+            path: self.path.to_path_buf(),
+            layout: self.layout,
+            config,
+            weights,
+            tokenizer: self.tokenizer,
+            dtypes: self.dtypes,
+            data_bytes: self.data_bytes,
+            warnings,
+            quantization: self.quantization,
+            eos_token_ids: self.eos_token_ids,
         })
     }
+}
+
+/// A `.gguf` name, or GGUF magic bytes under another name. A `.gguf` file with other bytes still
+/// goes to the GGUF reader, whose error then says what is wrong with it.
+fn looks_like_gguf(path: &Path) -> bool {
+    let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("");
+    ext.eq_ignore_ascii_case("gguf") || gguf::is_gguf(path)
+}
+
+/// `eos_token_id` (a number or a list) from `generation_config.json` beside the checkpoint, else
+/// from the config.
+fn eos_ids(config: &Value, path: &Path, layout: &CheckpointLayout) -> Vec<u32> {
+    let parse = |v: Option<&Value>| -> Vec<u32> {
+        match v {
+            Some(Value::Number(n)) => n.as_u64().map(|n| vec![n as u32]).unwrap_or_default(),
+            Some(Value::Array(a)) => a
+                .iter()
+                .filter_map(|n| n.as_u64().map(|n| n as u32))
+                .collect(),
+            _ => Vec::new(),
+        }
+    };
+    let dir = match layout {
+        CheckpointLayout::SingleFile { file } => file.parent().map(Path::to_path_buf),
+        _ => Some(path.to_path_buf()),
+    };
+    let generation = dir
+        .map(|d| d.join("generation_config.json"))
+        .filter(|p| p.is_file())
+        .and_then(|p| read_json(&p).ok());
+    let from_generation = parse(generation.as_ref().and_then(|g| g.get("eos_token_id")));
+    if !from_generation.is_empty() {
+        return from_generation;
+    }
+    parse(config.get("eos_token_id"))
 }
 
 type Opened = (
@@ -212,13 +342,6 @@ fn config_from_metadata(store: &TensorStore, file: &Path) -> Result<(Value, Stri
 }
 
 fn open_single_file(file: &Path) -> Result<Opened, Error> {
-    let ext = file.extension().and_then(|e| e.to_str()).unwrap_or("");
-    if ext.eq_ignore_ascii_case("gguf") {
-        return Err(Error::NotACheckpoint {
-            path: file.to_path_buf(),
-            reason: "GGUF files are not supported yet; convert to safetensors".into(),
-        });
-    }
     let store = TensorStore::open(&[file.to_path_buf()], None)?;
     let sibling_config = file.parent().map(|p| p.join("config.json"));
     let (config, origin) = match store

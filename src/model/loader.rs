@@ -1,8 +1,9 @@
-//! Reads named tensors out of a [`TensorStore`], remembering which were used, so that a
+//! Reads named tensors out of a [`TensorSource`], remembering which were used, so that a
 //! checkpoint holding parameters the forward would not use is refused rather than silently
 //! computed as a different model.
 
 use std::collections::BTreeSet;
+use std::path::PathBuf;
 
 use candle_core::Tensor;
 
@@ -11,8 +12,43 @@ use super::weights::{Linear, Norm};
 use super::Error;
 use crate::progress::Progress;
 
+/// Named tensors under their Hugging Face names: a memory-mapped safetensors checkpoint, or a
+/// GGUF file already dequantised in memory. One trait, so every format goes through the same
+/// family loaders, shape checks and unused-tensor refusal.
+pub trait TensorSource {
+    /// Every tensor name.
+    fn names(&self) -> Vec<&str>;
+    /// The shape as stored, `None` when absent.
+    fn stored_shape(&self, name: &str) -> Option<Vec<usize>>;
+    /// The tensor as f32, checked to have exactly `shape`, and its count of NaN/Inf values.
+    fn load_f32(&self, name: &str, shape: &[usize]) -> Result<(Tensor, usize), Error>;
+    /// The file that errors about absent tensors name.
+    fn origin(&self) -> PathBuf;
+}
+
+impl TensorSource for TensorStore {
+    fn names(&self) -> Vec<&str> {
+        self.entries().map(|e| e.name.as_str()).collect()
+    }
+
+    fn stored_shape(&self, name: &str) -> Option<Vec<usize>> {
+        self.get(name).map(|e| e.shape.clone())
+    }
+
+    fn load_f32(&self, name: &str, shape: &[usize]) -> Result<(Tensor, usize), Error> {
+        TensorStore::load_f32(self, name, shape)
+    }
+
+    fn origin(&self) -> PathBuf {
+        self.paths()
+            .first()
+            .map(|p| p.to_path_buf())
+            .unwrap_or_default()
+    }
+}
+
 pub struct Loader<'a> {
-    store: &'a TensorStore,
+    store: &'a dyn TensorSource,
     used: BTreeSet<String>,
     pub warnings: Vec<String>,
     progress: &'a dyn Progress,
@@ -20,8 +56,8 @@ pub struct Loader<'a> {
 }
 
 impl<'a> Loader<'a> {
-    pub fn new(store: &'a TensorStore, progress: &'a dyn Progress) -> Self {
-        progress.start("loading weights", store.entries().count() as u64);
+    pub fn new(store: &'a dyn TensorSource, progress: &'a dyn Progress) -> Self {
+        progress.start("loading weights", store.names().len() as u64);
         Self {
             store,
             used: BTreeSet::new(),
@@ -32,18 +68,13 @@ impl<'a> Loader<'a> {
     }
 
     pub fn has(&self, name: &str) -> bool {
-        self.store.contains(name)
+        self.store.stored_shape(name).is_some()
     }
 
     /// The error for a required tensor that is absent.
     pub fn missing(&self, name: &str) -> Error {
         Error::MissingTensor {
-            path: self
-                .store
-                .paths()
-                .first()
-                .map(|p| p.to_path_buf())
-                .unwrap_or_default(),
+            path: self.store.origin(),
             name: name.to_string(),
         }
     }
@@ -87,11 +118,7 @@ impl<'a> Loader<'a> {
         let Some(name) = present.first() else {
             return Ok(None);
         };
-        let stored = self
-            .store
-            .get(name)
-            .map(|e| e.shape.clone())
-            .unwrap_or_default();
+        let stored = self.store.stored_shape(name).unwrap_or_default();
         let squeezed: Vec<usize> = stored.iter().copied().filter(|&n| n != 1).collect();
         let wanted: Vec<usize> = shape.iter().copied().filter(|&n| n != 1).collect();
         if squeezed == wanted && stored != shape {
@@ -137,9 +164,14 @@ impl<'a> Loader<'a> {
     /// Fail on the first tensor that nothing used. `family` names the forward in the message.
     pub fn finish(self, family: &str) -> Result<Vec<String>, Error> {
         self.progress.finish();
-        if let Some(unused) = self.store.entries().find(|e| !self.used.contains(&e.name)) {
+        if let Some(unused) = self
+            .store
+            .names()
+            .into_iter()
+            .find(|n| !self.used.contains(*n))
+        {
             return Err(Error::Unsupported {
-                name: unused.name.clone(),
+                name: unused.to_string(),
                 reason: format!(
                     "not a parameter of the {family} forward; depthlens refuses to drop parameters \
                      silently (is this a variant of the architecture, or a different model?)"

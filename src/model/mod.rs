@@ -3,6 +3,8 @@
 mod attnres;
 mod checkpoint;
 pub mod config;
+pub mod gguf;
+mod gguf_tokenizer;
 mod gpt2;
 mod llama;
 mod loader;
@@ -54,6 +56,10 @@ pub enum Error {
     Dtype { name: String, dtype: String },
     #[error("tensor `{name}`: {reason}")]
     Unsupported { name: String, reason: String },
+    #[error("{}: not a valid GGUF file: {reason}", path.display())]
+    Gguf { path: PathBuf, reason: String },
+    #[error("{}: GGUF general.architecture `{architecture}` is not supported (supported: llama, qwen2)", path.display())]
+    GgufArchitecture { path: PathBuf, architecture: String },
     #[error("{}: tokenizer: {reason}", path.display())]
     Tokenizer { path: PathBuf, reason: String },
     #[error("tensor computation failed: {0}")]

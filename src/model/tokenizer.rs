@@ -26,6 +26,12 @@ pub struct Token {
 pub enum TokenizerKind {
     /// A Hugging Face `tokenizer.json` (file or checkpoint metadata).
     HuggingFace { source: String },
+    /// Rebuilt from a GGUF file's `tokenizer.ggml.*` metadata (`model` and `pre` as named there).
+    Gguf {
+        source: String,
+        model: String,
+        pre: String,
+    },
     /// No tokenizer shipped: each byte of UTF-8 text is one token with id = byte value.
     ByteFallback,
 }
@@ -60,6 +66,14 @@ impl TextTokenizer {
             source,
         })?;
         Self::from_json_bytes(&bytes, path)
+    }
+
+    /// Wrap a tokenizer built in code (a GGUF file's, from its metadata).
+    pub fn from_tokenizer(inner: tokenizers::Tokenizer, kind: TokenizerKind) -> Self {
+        Self {
+            inner: Some(inner),
+            kind,
+        }
     }
 
     pub fn byte_fallback() -> Self {
@@ -157,7 +171,9 @@ impl TextTokenizer {
     /// Where the tokenizer was read from, if a file.
     pub fn source_path(&self) -> Option<PathBuf> {
         match &self.kind {
-            TokenizerKind::HuggingFace { source } => Some(PathBuf::from(source)),
+            TokenizerKind::HuggingFace { source } | TokenizerKind::Gguf { source, .. } => {
+                Some(PathBuf::from(source))
+            }
             TokenizerKind::ByteFallback => None,
         }
     }
