@@ -538,6 +538,18 @@ fn missing_metadata_and_unknown_tensors_are_named() {
     );
 
     let mut parts = gguf_parts("llama", &cfg, &w, GgmlDType::F32, true);
+    parts.set("llama.feed_forward_length", V::U32(128));
+    let e = open(&parts.write(&dir.path().join("d.gguf")))
+        .err()
+        .unwrap();
+    assert!(matches!(e, Error::Shape { .. }), "{e}");
+    assert!(
+        e.to_string()
+            .contains("`model.layers.0.mlp.gate_proj.weight`, GGUF `blk.0.ffn_gate.weight`:"),
+        "names both spellings: {e}"
+    );
+
+    let mut parts = gguf_parts("llama", &cfg, &w, GgmlDType::F32, true);
     parts.tensors.retain(|(n, _)| n != "blk.1.ffn_up.weight");
     let e = open(&parts.write(&dir.path().join("c.gguf")))
         .err()

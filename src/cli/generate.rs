@@ -8,8 +8,8 @@ use anyhow::Context;
 use clap::Args;
 
 use super::BarProgress;
-use crate::model::{Checkpoint, TokenizerKind};
-use crate::reference::{self, Input, StopReason};
+use crate::model::Checkpoint;
+use crate::reference::{self, StopReason};
 
 #[derive(Args, Debug)]
 #[command(group(clap::ArgGroup::new("input").required(true).args(["prompt", "ids"])))]
@@ -36,26 +36,8 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<ExitCode> {
     let progress = BarProgress::new();
     let ckpt = Checkpoint::open(&args.checkpoint, &progress)
         .with_context(|| format!("cannot open {}", args.checkpoint.display()))?;
-    if let Some(q) = &ckpt.quantization {
-        eprintln!("note: {q}");
-    }
-    for w in ckpt
-        .warnings
-        .iter()
-        .filter(|w| Some(w.as_str()) != ckpt.quantization.as_deref())
-    {
-        eprintln!("warning: {w}");
-    }
-    let input = match (args.prompt, args.ids) {
-        (Some(text), _) => {
-            if ckpt.tokenizer.kind == TokenizerKind::ByteFallback {
-                eprintln!("note: no tokenizer ships with this checkpoint; using byte-level tokens (id = byte)");
-            }
-            Input::Text(text)
-        }
-        (None, Some(ids)) => Input::Ids(ids),
-        (None, None) => anyhow::bail!("give --prompt TEXT or --ids 1,2,3"),
-    };
+    super::prompt::report_checkpoint_notes(&ckpt);
+    let input = super::prompt::input(&ckpt, args.prompt, args.ids)?;
     if ckpt.eos_token_ids.is_empty() {
         eprintln!(
             "note: the checkpoint names no EOS token; generating all {} tokens",

@@ -3,6 +3,7 @@
 mod generate;
 mod inspect;
 mod progress;
+mod prompt;
 mod trace;
 
 use std::path::PathBuf;

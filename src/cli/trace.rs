@@ -9,7 +9,7 @@ use clap::{Args, ValueEnum};
 
 use super::BarProgress;
 use crate::engine::{Engine, GpuTraceOptions};
-use crate::model::{Checkpoint, TokenizerKind};
+use crate::model::Checkpoint;
 use crate::reference::{self, Input, TraceOptions};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -125,19 +125,8 @@ pub fn run(args: TraceArgs) -> anyhow::Result<ExitCode> {
     let progress = BarProgress::new();
     let ckpt = Checkpoint::open(&args.checkpoint, &progress)
         .with_context(|| format!("cannot open {}", args.checkpoint.display()))?;
-    for w in &ckpt.warnings {
-        eprintln!("warning: {w}");
-    }
-    let input = match (args.prompt, args.ids) {
-        (Some(text), _) => {
-            if ckpt.tokenizer.kind == TokenizerKind::ByteFallback {
-                eprintln!("note: no tokenizer ships with this checkpoint; using byte-level tokens (id = byte)");
-            }
-            Input::Text(text)
-        }
-        (None, Some(ids)) => Input::Ids(ids),
-        (None, None) => anyhow::bail!("give --prompt TEXT or --ids 1,2,3"),
-    };
+    super::prompt::report_checkpoint_notes(&ckpt);
+    let input = super::prompt::input(&ckpt, args.prompt, args.ids)?;
     let opts = TraceOptions {
         grads: args.grads,
         logits: args.logits,

@@ -700,9 +700,11 @@ pub struct DequantisedTensors {
 }
 
 impl DequantisedTensors {
+    /// The name for an error message that wraps it in backticks: the Hugging Face name, and the
+    /// GGUF name a user of llama.cpp knows: ``tensor `…q_proj.weight`, GGUF `…attn_q.weight`: ``.
     fn describe(&self, name: &str) -> String {
         match self.gguf_names.get(name) {
-            Some(g) if g != name => format!("{name}` (GGUF `{g}`"),
+            Some(g) if g != name => format!("{name}`, GGUF `{g}"),
             _ => name.to_string(),
         }
     }
