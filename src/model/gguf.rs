@@ -357,10 +357,8 @@ impl GgufFile {
             .map(|(k, v)| format!("{k} x{v}"))
             .collect();
         if quantised.is_empty() {
-            return Some(format!(
-                "GGUF weights ({}) converted to f32",
-                plain.join(", ")
-            ));
+            // Plain floats widen to f32 exactly as safetensors f16/bf16 do: nothing to announce.
+            return None;
         }
         Some(format!(
             "GGUF weights are quantised ({}{}) and were dequantised to f32: every number is that \
