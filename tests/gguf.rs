@@ -659,6 +659,8 @@ fn smollm2_answers_the_golden_prompt_with_paris() {
         "greedy continuation: {:?}",
         g.text
     );
+    // And then it ends its turn with <|im_end|>.
+    assert_eq!(g.stop, StopReason::Eos, "{:?}", g.text);
 }
 
 #[test]
