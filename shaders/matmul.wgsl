@@ -7,7 +7,7 @@
 // (TILE_M / WG_Y) x (TILE_N / WG_X) outputs from BK-deep slices of A and B staged in workgroup
 // memory. Every load and store is guarded: partial tiles (odd M, N, K) read zeros and write
 // nothing, because this module is built without runtime bounds checks.
-// TILE_M, TILE_N, BK, WG_X, WG_Y are prepended by engine/matmul.rs.
+// TILE_M, TILE_N, BK, WG_X, WG_Y are prepended by engine/kernels.rs.
 
 struct Params {
     m: u32, n: u32, k: u32, b_group: u32,
@@ -85,4 +85,98 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
             c[idx] = v;
         }
     }
+}
+
+// ---- Large-tile variant: a 128 x 128 tile of C per workgroup of 16 x 16 threads, each thread an
+// 8 x 8 register block held as sixteen vec4 accumulators (named, so they stay in registers: WGSL
+// has no unroll pragma and an indexed private array may spill). A thread owns rows
+// {4ty..4ty+3} and {64+4ty..64+4ty+3}, and likewise columns, so that its workgroup-memory reads
+// are whole vec4s without bank conflicts. LT (128: the register block is written for it) and LBK
+// are prepended by engine/kernels.rs. Same edge guards as above.
+
+var<workgroup> la: array<vec4<f32>, LBK * LT / 4u>; // [k][m / 4]
+var<workgroup> lb: array<vec4<f32>, LBK * LT / 4u>; // [k][n / 4]
+
+fn store_tile(is_a: bool, k: u32, mn: u32, v: f32) {
+    let idx = k * LT + mn;
+    if (is_a) { la[idx / 4u][idx % 4u] = v; } else { lb[idx / 4u][idx % 4u] = v; }
+}
+
+fn write_row(row: u32, col0: u32, c_base: u32, v0: vec4<f32>, v1: vec4<f32>) {
+    if (row >= p.m) { return; }
+    let cols = array<vec4<f32>, 2>(v0, v1);
+    for (var half = 0u; half < 2u; half++) {
+        for (var j = 0u; j < 4u; j++) {
+            let col = col0 + half * 64u + j;
+            if (col >= p.n) { continue; }
+            var v = p.alpha * cols[half][j];
+            if (p.has_bias != 0u) { v += bias[p.bias_off + col]; }
+            let idx = c_base + row * p.c_rs + col;
+            if (p.accumulate != 0u) { v += c[idx]; }
+            c[idx] = v;
+        }
+    }
+}
+
+@compute @workgroup_size(16, 16, 1)
+fn main_large(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32,
+              @builtin(local_invocation_id) l: vec3<u32>) {
+    let batch = wg.z;
+    let row0 = wg.y * LT;
+    let col0 = wg.x * LT;
+    let a_base = p.a_off + batch * p.a_bstride;
+    let b_base = p.b_off + (batch / p.b_group) * p.b_bstride;
+    var c00 = vec4<f32>(0.0); var c01 = vec4<f32>(0.0); var c10 = vec4<f32>(0.0); var c11 = vec4<f32>(0.0);
+    var c20 = vec4<f32>(0.0); var c21 = vec4<f32>(0.0); var c30 = vec4<f32>(0.0); var c31 = vec4<f32>(0.0);
+    var c40 = vec4<f32>(0.0); var c41 = vec4<f32>(0.0); var c50 = vec4<f32>(0.0); var c51 = vec4<f32>(0.0);
+    var c60 = vec4<f32>(0.0); var c61 = vec4<f32>(0.0); var c70 = vec4<f32>(0.0); var c71 = vec4<f32>(0.0);
+    for (var k0 = 0u; k0 < p.k; k0 += LBK) {
+        // 1024 values of each tile, 4 per thread: A rows (and B rows when k-contiguous) are read
+        // as runs of 4 consecutive k.
+        for (var e = lid; e < LBK * LT; e += 256u) {
+            let mm = e / LBK;
+            let kk = e % LBK;
+            let row = row0 + mm;
+            let kx = k0 + kk;
+            var v = 0.0;
+            if (row < p.m && kx < p.k) { v = a[a_base + row * p.a_rs + kx]; }
+            store_tile(true, kk, mm, v);
+        }
+        for (var e = lid; e < LBK * LT; e += 256u) {
+            var kk: u32; var nn: u32;
+            if (p.b_sk == 1u) { nn = e / LBK; kk = e % LBK; } else { kk = e / LT; nn = e % LT; }
+            let col = col0 + nn;
+            let kx = k0 + kk;
+            var v = 0.0;
+            if (col < p.n && kx < p.k) { v = b[b_base + kx * p.b_sk + col * p.b_sn]; }
+            store_tile(false, kk, nn, v);
+        }
+        workgroupBarrier();
+        for (var kk = 0u; kk < LBK; kk++) {
+            let a0 = la[kk * (LT / 4u) + l.y];
+            let a1 = la[kk * (LT / 4u) + 16u + l.y];
+            let b0 = lb[kk * (LT / 4u) + l.x];
+            let b1 = lb[kk * (LT / 4u) + 16u + l.x];
+            c00 = fma(vec4<f32>(a0.x), b0, c00); c01 = fma(vec4<f32>(a0.x), b1, c01);
+            c10 = fma(vec4<f32>(a0.y), b0, c10); c11 = fma(vec4<f32>(a0.y), b1, c11);
+            c20 = fma(vec4<f32>(a0.z), b0, c20); c21 = fma(vec4<f32>(a0.z), b1, c21);
+            c30 = fma(vec4<f32>(a0.w), b0, c30); c31 = fma(vec4<f32>(a0.w), b1, c31);
+            c40 = fma(vec4<f32>(a1.x), b0, c40); c41 = fma(vec4<f32>(a1.x), b1, c41);
+            c50 = fma(vec4<f32>(a1.y), b0, c50); c51 = fma(vec4<f32>(a1.y), b1, c51);
+            c60 = fma(vec4<f32>(a1.z), b0, c60); c61 = fma(vec4<f32>(a1.z), b1, c61);
+            c70 = fma(vec4<f32>(a1.w), b0, c70); c71 = fma(vec4<f32>(a1.w), b1, c71);
+        }
+        workgroupBarrier();
+    }
+    let c_base = p.c_off + batch * p.c_bstride;
+    let r = row0 + l.y * 4u;
+    let cc = col0 + l.x * 4u;
+    write_row(r + 0u, cc, c_base, c00, c01);
+    write_row(r + 1u, cc, c_base, c10, c11);
+    write_row(r + 2u, cc, c_base, c20, c21);
+    write_row(r + 3u, cc, c_base, c30, c31);
+    write_row(r + 64u, cc, c_base, c40, c41);
+    write_row(r + 65u, cc, c_base, c50, c51);
+    write_row(r + 66u, cc, c_base, c60, c61);
+    write_row(r + 67u, cc, c_base, c70, c71);
 }

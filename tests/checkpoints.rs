@@ -475,12 +475,27 @@ fn a_folder_tokenizer_json_tokenises_prompts_with_byte_spans() {
     let tokenizer = depthlens::train::bpe::train_bpe(&corpus, 280).unwrap();
     let cfg = common::tiny_config("llama");
     let folder = common::write_folder(&dir.path().join("m"), &cfg, &common::tiny_weights(&cfg, 2));
-    tokenizer.save(folder.join("tokenizer.json"), false).unwrap();
+    tokenizer
+        .save(folder.join("tokenizer.json"), false)
+        .unwrap();
     let ckpt = open(&folder).unwrap();
-    assert!(matches!(ckpt.tokenizer.kind, depthlens::model::TokenizerKind::HuggingFace { .. }));
+    assert!(matches!(
+        ckpt.tokenizer.kind,
+        depthlens::model::TokenizerKind::HuggingFace { .. }
+    ));
     let prompt = "the lazy café fox";
-    let t = reference::trace(&ckpt, &Input::Text(prompt.into()), TraceOptions::default(), &Silent).unwrap();
-    assert!(t.tokens.len() < prompt.len(), "BPE merges bytes into words: {:?}", t.tokens);
+    let t = reference::trace(
+        &ckpt,
+        &Input::Text(prompt.into()),
+        TraceOptions::default(),
+        &Silent,
+    )
+    .unwrap();
+    assert!(
+        t.tokens.len() < prompt.len(),
+        "BPE merges bytes into words: {:?}",
+        t.tokens
+    );
     let mut covered = String::new();
     for tok in &t.tokens {
         assert_eq!(&prompt[tok.start..tok.end], tok.text, "span of {tok:?}");

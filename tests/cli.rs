@@ -138,12 +138,31 @@ fn errors_exit_with_code_2_and_one_line_naming_the_file() {
 fn trace_on_the_gpu_names_its_adapter_and_agrees_with_the_cpu() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = common::tiny_config("block:3");
-    let p = common::write_single(dir.path(), "m.safetensors", &cfg, &common::tiny_weights(&cfg, 4), StoreDtype::F32);
+    let p = common::write_single(
+        dir.path(),
+        "m.safetensors",
+        &cfg,
+        &common::tiny_weights(&cfg, 4),
+        StoreDtype::F32,
+    );
     let run = |device: &str| {
         let out = dir.path().join(format!("{device}.json"));
-        let (code, _, err) = depthlens(&["trace", p.to_str().unwrap(), "--ids", "5,6,7,8,9", "--device", device, "--out", out.to_str().unwrap()]);
+        let (code, _, err) = depthlens(&[
+            "trace",
+            p.to_str().unwrap(),
+            "--ids",
+            "5,6,7,8,9",
+            "--device",
+            device,
+            "--out",
+            out.to_str().unwrap(),
+        ]);
         assert_eq!(code, 0, "{err}");
-        (serde_json::from_str::<serde_json::Value>(&std::fs::read_to_string(out).unwrap()).unwrap(), err)
+        (
+            serde_json::from_str::<serde_json::Value>(&std::fs::read_to_string(out).unwrap())
+                .unwrap(),
+            err,
+        )
     };
     let (gpu, err) = run("gpu");
     assert!(err.contains("GPU adapter:"), "{err}");

@@ -15,7 +15,9 @@ use depthlens::trace::Trace;
 fn engine() -> &'static Engine {
     static ENGINE: OnceLock<Engine> = OnceLock::new();
     ENGINE.get_or_init(|| {
-        Engine::new().unwrap_or_else(|e| panic!("GPU tests need an adapter (CI installs lavapipe via scripts/setup.sh): {e}"))
+        Engine::new().unwrap_or_else(|e| {
+            panic!("GPU tests need an adapter (CI installs lavapipe via scripts/setup.sh): {e}")
+        })
     })
 }
 
@@ -23,12 +25,26 @@ fn engine() -> &'static Engine {
 fn every_shipped_wgsl_kernel_parses_and_validates() {
     for spec in KERNELS {
         let source = wgsl(spec);
-        let module = naga::front::wgsl::parse_str(&source)
-            .unwrap_or_else(|e| panic!("{} ({}): {}", spec.name, spec.file, e.emit_to_string(&source)));
-        naga::valid::Validator::new(naga::valid::ValidationFlags::all(), naga::valid::Capabilities::all())
-            .validate(&module)
-            .unwrap_or_else(|e| panic!("{} ({}): {e:?}", spec.name, spec.file));
-        assert!(module.entry_points.iter().any(|e| e.name == spec.entry), "{}: entry {}", spec.name, spec.entry);
+        let module = naga::front::wgsl::parse_str(&source).unwrap_or_else(|e| {
+            panic!(
+                "{} ({}): {}",
+                spec.name,
+                spec.file,
+                e.emit_to_string(&source)
+            )
+        });
+        naga::valid::Validator::new(
+            naga::valid::ValidationFlags::all(),
+            naga::valid::Capabilities::all(),
+        )
+        .validate(&module)
+        .unwrap_or_else(|e| panic!("{} ({}): {e:?}", spec.name, spec.file));
+        assert!(
+            module.entry_points.iter().any(|e| e.name == spec.entry),
+            "{}: entry {}",
+            spec.name,
+            spec.entry
+        );
     }
 }
 
@@ -36,11 +52,23 @@ fn both(kind: &str, ids: &[u32]) -> (Trace, Trace) {
     let cfg = common::tiny_config(kind);
     let w = common::tiny_weights(&cfg, 31);
     let tok = TextTokenizer::byte_fallback();
-    let opts = TraceOptions { logits: true, ..Default::default() };
-    let cpu = reference::trace_tokens(&cfg, &w, &tok, tok.tokens_from_ids(ids), opts, &Silent).unwrap();
+    let opts = TraceOptions {
+        logits: true,
+        ..Default::default()
+    };
+    let cpu =
+        reference::trace_tokens(&cfg, &w, &tok, tok.tokens_from_ids(ids), opts, &Silent).unwrap();
     let gpu_model = engine().load(&cfg, &w).unwrap();
     let gpu = engine()
-        .trace(&gpu_model, &tok, tok.tokens_from_ids(ids), GpuTraceOptions { logits: true, profile: false })
+        .trace(
+            &gpu_model,
+            &tok,
+            tok.tokens_from_ids(ids),
+            GpuTraceOptions {
+                logits: true,
+                profile: false,
+            },
+        )
         .unwrap();
     (cpu, gpu)
 }
@@ -52,8 +80,14 @@ fn assert_rel(what: &str, gpu: &[f32], cpu: &[f32], floor: f32, tol: f32) {
 
 fn assert_parity(kind: &str, ids: &[u32]) {
     let (cpu, gpu) = both(kind, ids);
-    let err = common::normwise_err(&gpu.logits.as_ref().unwrap().concat(), &cpu.logits.as_ref().unwrap().concat());
-    assert!(err < 1e-5, "{kind}: logits max |diff| / max |logit| = {err:.2e}");
+    let err = common::normwise_err(
+        &gpu.logits.as_ref().unwrap().concat(),
+        &cpu.logits.as_ref().unwrap().concat(),
+    );
+    assert!(
+        err < 1e-5,
+        "{kind}: logits max |diff| / max |logit| = {err:.2e}"
+    );
     assert_eq!(gpu.ops.len(), cpu.ops.len());
     for (g, c) in gpu.ops.iter().zip(&cpu.ops) {
         let what = |f: &str| format!("{kind} {} {f}", c.name);
@@ -61,11 +95,41 @@ fn assert_parity(kind: &str, ids: &[u32]) {
         assert_eq!(g.sources, c.sources, "{}", what("sources"));
         assert_eq!(g.kind, c.kind);
         assert_eq!(g.layer, c.layer);
-        assert_rel(&what("alpha"), &g.alpha.concat(), &c.alpha.concat(), 1e-3, 1e-4);
-        assert_rel(&what("shares"), &g.shares.concat(), &c.shares.concat(), 1e-2, 1e-4);
-        assert_rel(&what("source_rms"), &g.source_rms.concat(), &c.source_rms.concat(), 1e-6, 1e-4);
-        assert_rel(&what("hidden_rms"), &g.hidden_rms, &c.hidden_rms, 1e-6, 1e-4);
-        assert_rel(&what("output_rms"), &g.output_rms, &c.output_rms, 1e-6, 1e-4);
+        assert_rel(
+            &what("alpha"),
+            &g.alpha.concat(),
+            &c.alpha.concat(),
+            1e-3,
+            1e-4,
+        );
+        assert_rel(
+            &what("shares"),
+            &g.shares.concat(),
+            &c.shares.concat(),
+            1e-2,
+            1e-4,
+        );
+        assert_rel(
+            &what("source_rms"),
+            &g.source_rms.concat(),
+            &c.source_rms.concat(),
+            1e-6,
+            1e-4,
+        );
+        assert_rel(
+            &what("hidden_rms"),
+            &g.hidden_rms,
+            &c.hidden_rms,
+            1e-6,
+            1e-4,
+        );
+        assert_rel(
+            &what("output_rms"),
+            &g.output_rms,
+            &c.output_rms,
+            1e-6,
+            1e-4,
+        );
         match (&g.partial_rms, &c.partial_rms) {
             (Some(a), Some(b)) => assert_rel(&what("partial_rms"), a, b, 1e-6, 1e-4),
             (None, None) => {}
@@ -73,16 +137,31 @@ fn assert_parity(kind: &str, ids: &[u32]) {
         }
     }
     let (gl, cl) = (gpu.loss.unwrap(), cpu.loss.unwrap());
-    assert!((gl - cl).abs() <= 1e-4 * cl.abs(), "{kind}: loss {gl} vs {cl}");
+    assert!(
+        (gl - cl).abs() <= 1e-4 * cl.abs(),
+        "{kind}: loss {gl} vs {cl}"
+    );
     for (t, (g, c)) in gpu.topk.iter().zip(&cpu.topk).enumerate() {
         assert_eq!(g.len(), 5);
         // Ids agree unless two logits are within rounding of each other.
         for (a, b) in g.iter().zip(c) {
-            assert!(a.id == b.id || (a.prob - b.prob).abs() < 1e-5, "{kind} token {t}: top-k {g:?} vs {c:?}");
-            assert!((a.prob - b.prob).abs() <= 1e-4 * b.prob.max(1e-3), "{kind} token {t}: prob {} vs {}", a.prob, b.prob);
+            assert!(
+                a.id == b.id || (a.prob - b.prob).abs() < 1e-5,
+                "{kind} token {t}: top-k {g:?} vs {c:?}"
+            );
+            assert!(
+                (a.prob - b.prob).abs() <= 1e-4 * b.prob.max(1e-3),
+                "{kind} token {t}: prob {} vs {}",
+                a.prob,
+                b.prob
+            );
         }
     }
-    assert!(gpu.device.contains('('), "the trace names its adapter: {}", gpu.device);
+    assert!(
+        gpu.device.contains('('),
+        "the trace names its adapter: {}",
+        gpu.device
+    );
 }
 
 const ODD: [u32; 13] = [5, 17, 250, 3, 3, 99, 42, 0, 123, 7, 64, 299, 1];
@@ -130,7 +209,9 @@ fn reference_nt(a: &[f32], b: &[f32], m: usize, n: usize, k: usize) -> Vec<f32> 
     let mut c = vec![0f32; m * n];
     for i in 0..m {
         for j in 0..n {
-            c[i * n + j] = (0..k).map(|x| f64::from(a[i * k + x]) * f64::from(b[j * k + x])).sum::<f64>() as f32;
+            c[i * n + j] = (0..k)
+                .map(|x| f64::from(a[i * k + x]) * f64::from(b[j * k + x]))
+                .sum::<f64>() as f32;
         }
     }
     c
@@ -141,17 +222,29 @@ fn gemm_kernels_match_at_odd_sizes_on_fresh_random_inputs() {
     let mut rng = depthlens::model::random::Rng::new(std::process::id() as u64);
     let mut seen = Vec::new();
     // Small-tile and large-tile variants, partial tiles on every edge, K not a multiple of BK.
-    for (m, n, k) in [(1, 7, 3), (67, 131, 45), (13, 300, 77), (257, 513, 129), (1031, 1029, 37)] {
+    for (m, n, k) in [
+        (1, 7, 3),
+        (67, 131, 45),
+        (13, 300, 77),
+        (257, 513, 129),
+        (1031, 1029, 37),
+    ] {
         let variant = depthlens::engine::kernels::gemm_variant(m as u32, n as u32).0;
         let a: Vec<f32> = (0..m * k).map(|_| rng.normal() as f32).collect();
         let b: Vec<f32> = (0..n * k).map(|_| rng.normal() as f32).collect();
         let got = engine().matmul_nt(&a, &b, m, n, k).unwrap();
         let want = reference_nt(&a, &b, m, n, k);
         let err = common::normwise_err(&got, &want);
-        assert!(err < 1e-5, "GEMM {m}x{n}x{k} ({variant:?}): max |diff| / max |c| = {err:.2e}");
+        assert!(
+            err < 1e-5,
+            "GEMM {m}x{n}x{k} ({variant:?}): max |diff| / max |c| = {err:.2e}"
+        );
         seen.push(variant);
     }
-    assert!(seen.contains(&KernelId::Matmul) && seen.contains(&KernelId::MatmulLarge), "both GEMM variants ran");
+    assert!(
+        seen.contains(&KernelId::Matmul) && seen.contains(&KernelId::MatmulLarge),
+        "both GEMM variants ran"
+    );
 }
 
 /// A model with every dimension past one tile and none a multiple of a tile or workgroup:
@@ -165,22 +258,56 @@ fn wide_block_model_trace_matches_the_reference() {
         "tie_word_embeddings": false, "attnres_mode": "block", "attnres_block_size": 3
     });
     let cfg = depthlens::model::ModelConfig::from_json(&v, "wide").unwrap();
-    let init = depthlens::model::random::RandomInit { weight_std: 0.1, gain_std: 0.1, query_std: 0.3 };
+    let init = depthlens::model::random::RandomInit {
+        weight_std: 0.1,
+        gain_std: 0.1,
+        query_std: 0.3,
+    };
     let w = depthlens::model::random::random_weights(&cfg, init, 5).unwrap();
     let ids: Vec<u32> = (0..270).map(|i| (i * 37 % 300) as u32).collect();
     let tok = TextTokenizer::byte_fallback();
-    let opts = TraceOptions { logits: true, ..Default::default() };
-    let cpu = reference::trace_tokens(&cfg, &w, &tok, tok.tokens_from_ids(&ids), opts, &Silent).unwrap();
+    let opts = TraceOptions {
+        logits: true,
+        ..Default::default()
+    };
+    let cpu =
+        reference::trace_tokens(&cfg, &w, &tok, tok.tokens_from_ids(&ids), opts, &Silent).unwrap();
     let model = engine().load(&cfg, &w).unwrap();
     let gpu = engine()
-        .trace(&model, &tok, tok.tokens_from_ids(&ids), GpuTraceOptions { logits: true, profile: false })
+        .trace(
+            &model,
+            &tok,
+            tok.tokens_from_ids(&ids),
+            GpuTraceOptions {
+                logits: true,
+                profile: false,
+            },
+        )
         .unwrap();
     let err = common::normwise_err(&gpu.logits.unwrap().concat(), &cpu.logits.unwrap().concat());
     assert!(err < 1e-5, "logits: {err:.2e}");
     for (g, c) in gpu.ops.iter().zip(&cpu.ops) {
-        assert_rel(&format!("{} alpha", c.name), &g.alpha.concat(), &c.alpha.concat(), 1e-3, 1e-4);
-        assert_rel(&format!("{} hidden_rms", c.name), &g.hidden_rms, &c.hidden_rms, 1e-6, 1e-4);
-        assert_rel(&format!("{} output_rms", c.name), &g.output_rms, &c.output_rms, 1e-6, 1e-4);
+        assert_rel(
+            &format!("{} alpha", c.name),
+            &g.alpha.concat(),
+            &c.alpha.concat(),
+            1e-3,
+            1e-4,
+        );
+        assert_rel(
+            &format!("{} hidden_rms", c.name),
+            &g.hidden_rms,
+            &c.hidden_rms,
+            1e-6,
+            1e-4,
+        );
+        assert_rel(
+            &format!("{} output_rms", c.name),
+            &g.output_rms,
+            &c.output_rms,
+            1e-6,
+            1e-4,
+        );
     }
 }
 
@@ -188,23 +315,64 @@ fn wide_block_model_trace_matches_the_reference() {
 fn demo_checkpoints_trace_the_same_on_gpu_and_cpu() {
     let dir = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("assets/demo");
     for arch in ["baseline", "full", "block"] {
-        let ckpt = depthlens::model::Checkpoint::open(&dir.join(format!("{arch}.safetensors")), &Silent)
-            .unwrap_or_else(|e| panic!("demo checkpoint {arch}: {e}"));
-        let input = reference::Input::Text("Full fathom five thy father lies; of his bones are coral made.".into());
+        let ckpt =
+            depthlens::model::Checkpoint::open(&dir.join(format!("{arch}.safetensors")), &Silent)
+                .unwrap_or_else(|e| panic!("demo checkpoint {arch}: {e}"));
+        let input = reference::Input::Text(
+            "Full fathom five thy father lies; of his bones are coral made.".into(),
+        );
         let tokens = reference::tokenize(&ckpt.tokenizer, &ckpt.config, &input).unwrap();
-        let opts = TraceOptions { logits: true, ..Default::default() };
-        let cpu = reference::trace_tokens(&ckpt.config, &ckpt.weights, &ckpt.tokenizer, tokens.clone(), opts, &Silent).unwrap();
+        let opts = TraceOptions {
+            logits: true,
+            ..Default::default()
+        };
+        let cpu = reference::trace_tokens(
+            &ckpt.config,
+            &ckpt.weights,
+            &ckpt.tokenizer,
+            tokens.clone(),
+            opts,
+            &Silent,
+        )
+        .unwrap();
         let model = engine().load(&ckpt.config, &ckpt.weights).unwrap();
         let gpu = engine()
-            .trace(&model, &ckpt.tokenizer, tokens, GpuTraceOptions { logits: true, profile: false })
+            .trace(
+                &model,
+                &ckpt.tokenizer,
+                tokens,
+                GpuTraceOptions {
+                    logits: true,
+                    profile: false,
+                },
+            )
             .unwrap();
-        let err = common::normwise_err(&gpu.logits.unwrap().concat(), &cpu.logits.unwrap().concat());
+        let err =
+            common::normwise_err(&gpu.logits.unwrap().concat(), &cpu.logits.unwrap().concat());
         assert!(err < 1e-5, "{arch}: logits {err:.2e}");
         for (g, c) in gpu.ops.iter().zip(&cpu.ops) {
             assert_eq!(g.sources, c.sources);
-            assert_rel(&format!("{arch} {} alpha", c.name), &g.alpha.concat(), &c.alpha.concat(), 1e-3, 1e-4);
-            assert_rel(&format!("{arch} {} hidden_rms", c.name), &g.hidden_rms, &c.hidden_rms, 1e-6, 1e-4);
-            assert_rel(&format!("{arch} {} output_rms", c.name), &g.output_rms, &c.output_rms, 1e-6, 1e-4);
+            assert_rel(
+                &format!("{arch} {} alpha", c.name),
+                &g.alpha.concat(),
+                &c.alpha.concat(),
+                1e-3,
+                1e-4,
+            );
+            assert_rel(
+                &format!("{arch} {} hidden_rms", c.name),
+                &g.hidden_rms,
+                &c.hidden_rms,
+                1e-6,
+                1e-4,
+            );
+            assert_rel(
+                &format!("{arch} {} output_rms", c.name),
+                &g.output_rms,
+                &c.output_rms,
+                1e-6,
+                1e-4,
+            );
         }
         let (gl, cl) = (gpu.loss.unwrap(), cpu.loss.unwrap());
         assert!((gl - cl).abs() < 1e-4 * cl, "{arch}: loss {gl} vs {cl}");

@@ -331,7 +331,14 @@ fn a_batch_of_sequences_gives_each_sequence_its_own_logits() {
         for (i, seq) in [a, b].iter().enumerate() {
             let alone = forward::logits_batch(&cfg, &w, seq, 4).unwrap();
             let part = together.narrow(0, 4 * i, 4).unwrap();
-            let diff = (part - alone).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+            let diff = (part - alone)
+                .unwrap()
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
             assert!(diff < 1e-5, "{kind} sequence {i}: {diff}");
         }
     }

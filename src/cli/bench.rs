@@ -50,7 +50,11 @@ pub fn synthetic_config(spec: &str) -> anyhow::Result<ModelConfig> {
     };
     let layers: usize = layers.parse().context("LAYERS")?;
     let dim: usize = dim.parse().context("DIM")?;
-    let (heads, kv_heads, vocab) = if dim == 576 { (9, 3, 49152) } else { (dim / 64, dim / 64, 50304) };
+    let (heads, kv_heads, vocab) = if dim == 576 {
+        (9, 3, 49152)
+    } else {
+        (dim / 64, dim / 64, 50304)
+    };
     let ffn = (8 * dim / 3).div_ceil(256) * 256;
     let mut v = serde_json::json!({
         "model_type": "llama", "vocab_size": vocab, "hidden_size": dim, "intermediate_size": ffn,
@@ -81,8 +85,13 @@ fn forward_flops(cfg: &ModelConfig, t: usize) -> f64 {
     let q = (cfg.num_heads * cfg.head_dim) as f64;
     let kv = (cfg.num_kv_heads * cfg.head_dim) as f64;
     let ff = cfg.intermediate_size as f64;
-    let mlp_mats = if matches!(cfg.activation, crate::model::Activation::SwiGlu) { 3.0 } else { 2.0 };
-    let per_layer = 2.0 * t * (d * q * 2.0 + d * kv * 2.0 + mlp_mats * d * ff) + 2.0 * 2.0 * t * t * q;
+    let mlp_mats = if matches!(cfg.activation, crate::model::Activation::SwiGlu) {
+        3.0
+    } else {
+        2.0
+    };
+    let per_layer =
+        2.0 * t * (d * q * 2.0 + d * kv * 2.0 + mlp_mats * d * ff) + 2.0 * 2.0 * t * t * q;
     cfg.num_layers as f64 * per_layer + 2.0 * t * d * cfg.vocab_size as f64
 }
 
@@ -97,39 +106,60 @@ fn median(mut v: Vec<f64>) -> f64 {
 }
 
 pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
-    let (cfg, weights, label): (ModelConfig, Weights, String) = match (&args.checkpoint, &args.synthetic) {
-        (Some(path), None) => {
-            let ckpt = Checkpoint::open(path, &Silent).with_context(|| format!("cannot open {}", path.display()))?;
-            (ckpt.config, ckpt.weights, path.display().to_string())
-        }
-        (None, Some(spec)) => {
-            let cfg = synthetic_config(spec)?;
-            let init = RandomInit {
-                weight_std: 0.02,
-                gain_std: 0.0,
-                query_std: 0.1,
-            };
-            let w = random_weights(&cfg, init, 1)?;
-            (cfg, w, format!("synthetic {spec}"))
-        }
-        _ => bail!("give a checkpoint or --synthetic ARCH,LAYERS,DIM (not both)"),
-    };
+    let (cfg, weights, label): (ModelConfig, Weights, String) =
+        match (&args.checkpoint, &args.synthetic) {
+            (Some(path), None) => {
+                let ckpt = Checkpoint::open(path, &Silent)
+                    .with_context(|| format!("cannot open {}", path.display()))?;
+                (ckpt.config, ckpt.weights, path.display().to_string())
+            }
+            (None, Some(spec)) => {
+                let cfg = synthetic_config(spec)?;
+                let init = RandomInit {
+                    weight_std: 0.02,
+                    gain_std: 0.0,
+                    query_std: 0.1,
+                };
+                let w = random_weights(&cfg, init, 1)?;
+                (cfg, w, format!("synthetic {spec}"))
+            }
+            _ => bail!("give a checkpoint or --synthetic ARCH,LAYERS,DIM (not both)"),
+        };
     let params = weights.parameter_count();
     let tok = TextTokenizer::byte_fallback();
-    let ids_for = |t: usize| -> Vec<u32> { (0..t).map(|i| ((i * 7919 + 13) % cfg.vocab_size) as u32).collect() };
+    let ids_for = |t: usize| -> Vec<u32> {
+        (0..t)
+            .map(|i| ((i * 7919 + 13) % cfg.vocab_size) as u32)
+            .collect()
+    };
     let engine = match args.device {
         DeviceChoice::Cpu => None,
         _ => Some(Engine::new()?),
     };
-    let device = engine.as_ref().map(|e| e.adapter_name().to_string()).unwrap_or_else(|| {
-        format!("cpu-reference (candle, {} threads)", std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1))
-    });
-    println!("model: {label} ({:.1} M parameters, {} layers, d={}, vocab {}, mixing {})",
-        params as f64 / 1e6, cfg.num_layers, cfg.hidden_size, cfg.vocab_size,
-        crate::trace::ModelSummary::of(&cfg).depth_mixing);
+    let device = engine
+        .as_ref()
+        .map(|e| e.adapter_name().to_string())
+        .unwrap_or_else(|| {
+            format!(
+                "cpu-reference (candle, {} threads)",
+                std::thread::available_parallelism()
+                    .map(|n| n.get())
+                    .unwrap_or(1)
+            )
+        });
+    println!(
+        "model: {label} ({:.1} M parameters, {} layers, d={}, vocab {}, mixing {})",
+        params as f64 / 1e6,
+        cfg.num_layers,
+        cfg.hidden_size,
+        cfg.vocab_size,
+        crate::trace::ModelSummary::of(&cfg).depth_mixing
+    );
     println!("device: {device}");
     if args.matmul {
-        let Some(engine) = &engine else { bail!("--matmul times the GPU kernel: use --device gpu") };
+        let Some(engine) = &engine else {
+            bail!("--matmul times the GPU kernel: use --device gpu")
+        };
         println!("\n| GEMM (M x K) x (N x K)^T | ms | TFLOP/s |\n|---|---|---|");
         let d = cfg.hidden_size;
         let mut shapes = vec![(4096, 4096, 4096, "4096^3")];
@@ -154,7 +184,10 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     println!("\n| tokens | ms / forward + Trace (median of {}) | tokens/s | TFLOP/s | GB/s |\n|---|---|---|---|---|", args.iters);
     for &t in &args.tokens {
         if t > cfg.max_positions {
-            println!("| {t} | (longer than the model's {} positions) | | | |", cfg.max_positions);
+            println!(
+                "| {t} | (longer than the model's {} positions) | | | |",
+                cfg.max_positions
+            );
             continue;
         }
         let ids = ids_for(t);
@@ -163,10 +196,22 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
             let started = Instant::now();
             match (&engine, &gpu_model) {
                 (Some(e), Some(m)) => {
-                    e.trace(m, &tok, tok.tokens_from_ids(&ids), GpuTraceOptions::default())?;
+                    e.trace(
+                        m,
+                        &tok,
+                        tok.tokens_from_ids(&ids),
+                        GpuTraceOptions::default(),
+                    )?;
                 }
                 _ => {
-                    reference::trace_tokens(&cfg, &weights, &tok, tok.tokens_from_ids(&ids), TraceOptions::default(), &Silent)?;
+                    reference::trace_tokens(
+                        &cfg,
+                        &weights,
+                        &tok,
+                        tok.tokens_from_ids(&ids),
+                        TraceOptions::default(),
+                        &Silent,
+                    )?;
                 }
             }
             if i >= args.warmup {
@@ -183,7 +228,10 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     }
     if let (Some(t), Some(e), Some(m)) = (args.profile, &engine, &gpu_model) {
         let ids = ids_for(t);
-        let opts = GpuTraceOptions { logits: false, profile: true };
+        let opts = GpuTraceOptions {
+            logits: false,
+            profile: true,
+        };
         e.trace_profiled(m, &tok, tok.tokens_from_ids(&ids), opts)?; // warm-up
         let (_, times) = e.trace_profiled(m, &tok, tok.tokens_from_ids(&ids), opts)?;
         let total: f64 = times.iter().map(|k| k.nanoseconds).sum();
@@ -198,13 +246,27 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
             }
         }
         by_kernel.sort_by(|a, b| b.2.total_cmp(&a.2));
-        println!("\nGPU time per kernel at T={t} (timestamps, one pass per dispatch; sum {:.3} ms):", total / 1e6);
+        println!(
+            "\nGPU time per kernel at T={t} (timestamps, one pass per dispatch; sum {:.3} ms):",
+            total / 1e6
+        );
         println!("| kernel | dispatches | ms | share |\n|---|---|---|---|");
         for (name, calls, ns) in &by_kernel {
-            println!("| {name} | {calls} | {:.3} | {:.1}% |", ns / 1e6, 100.0 * ns / total);
+            println!(
+                "| {name} | {calls} | {:.3} | {:.1}% |",
+                ns / 1e6,
+                100.0 * ns / total
+            );
         }
-        let depth: f64 = times.iter().filter(|k| k.kernel == "depth").map(|k| k.nanoseconds).sum();
-        println!("depth ops (the AttnRes / residual mixing kernel): {:.2}% of GPU time", 100.0 * depth / total);
+        let depth: f64 = times
+            .iter()
+            .filter(|k| k.kernel == "depth")
+            .map(|k| k.nanoseconds)
+            .sum();
+        println!(
+            "depth ops (the AttnRes / residual mixing kernel): {:.2}% of GPU time",
+            100.0 * depth / total
+        );
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -1,10 +1,12 @@
 //! Command-line interface: one file per subcommand.
 
+mod bench;
 mod generate;
 mod inspect;
 mod progress;
 mod prompt;
 mod trace;
+mod train;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -34,6 +36,10 @@ pub enum Command {
     Trace(trace::TraceArgs),
     /// Continue a prompt greedily with the reference forward (checks a checkpoint reads right).
     Generate(generate::GenerateArgs),
+    /// Time the forward (GPU engine or CPU reference) and the GEMM kernel; prints tables.
+    Bench(bench::BenchArgs),
+    /// Train a small baseline / Full / Block AttnRes model on a text corpus (CPU).
+    Train(Box<train::TrainArgs>),
 }
 
 /// Run a parsed command line. Errors carry a one-line cause naming the file, tensor or field.
@@ -42,6 +48,8 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Some(Command::Inspect(args)) => inspect::run(args),
         Some(Command::Trace(args)) => trace::run(args),
         Some(Command::Generate(args)) => generate::run(args),
+        Some(Command::Train(args)) => train::run(*args),
+        Some(Command::Bench(args)) => bench::run(args),
         None => {
             eprintln!(
                 "depthlens: the desktop app is not part of this build yet.\n\

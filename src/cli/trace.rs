@@ -57,9 +57,15 @@ fn print_summary(trace: &crate::trace::Trace) {
         "{} | {} tokens | loss {}",
         trace.model.path,
         trace.tokens.len(),
-        trace.loss.map(|l| format!("{l:.4}")).unwrap_or_else(|| "n/a".into())
+        trace
+            .loss
+            .map(|l| format!("{l:.4}"))
+            .unwrap_or_else(|| "n/a".into())
     );
-    println!("{:<9} {:>10} {:>10}  last token: strongest sources", "op", "hidden_rms", "output_rms");
+    println!(
+        "{:<9} {:>10} {:>10}  last token: strongest sources",
+        "op", "hidden_rms", "output_rms"
+    );
     for op in &trace.ops {
         let Some(last) = op.alpha.len().checked_sub(1) else {
             continue;
@@ -84,16 +90,32 @@ fn print_summary(trace: &crate::trace::Trace) {
         );
     }
     if let Some(last) = trace.topk.last() {
-        let preds: Vec<String> = last.iter().map(|p| format!("{:?} {:.3}", p.text, p.prob)).collect();
+        let preds: Vec<String> = last
+            .iter()
+            .map(|p| format!("{:?} {:.3}", p.text, p.prob))
+            .collect();
         println!("next token after the prompt: {}", preds.join(", "));
     }
 }
 
 /// The Trace from the GPU engine (weights uploaded for this one trace).
-fn gpu_trace(engine: &Engine, ckpt: &Checkpoint, input: &Input, logits: bool) -> anyhow::Result<crate::trace::Trace> {
+fn gpu_trace(
+    engine: &Engine,
+    ckpt: &Checkpoint,
+    input: &Input,
+    logits: bool,
+) -> anyhow::Result<crate::trace::Trace> {
     let tokens = reference::tokenize(&ckpt.tokenizer, &ckpt.config, input)?;
     let model = engine.load(&ckpt.config, &ckpt.weights)?;
-    let mut trace = engine.trace(&model, &ckpt.tokenizer, tokens, GpuTraceOptions { logits, profile: false })?;
+    let mut trace = engine.trace(
+        &model,
+        &ckpt.tokenizer,
+        tokens,
+        GpuTraceOptions {
+            logits,
+            profile: false,
+        },
+    )?;
     trace.model.path = ckpt.path.display().to_string();
     trace.warnings = ckpt.warnings.clone();
     Ok(trace)

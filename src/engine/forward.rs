@@ -10,7 +10,9 @@ use super::{Engine, Error};
 use crate::model::{Activation, AttnResMode, NormKind, TextTokenizer, Token};
 use crate::reference::forward::op_name;
 use crate::reference::ops::rope_inv_freq;
-use crate::trace::{DepthOp, Mixing, ModelSummary, OpKind, Prediction, Trace, TRACE_SCHEMA_VERSION};
+use crate::trace::{
+    DepthOp, Mixing, ModelSummary, OpKind, Prediction, Trace, TRACE_SCHEMA_VERSION,
+};
 
 /// What to read back beyond the Trace's always-present fields.
 #[derive(Debug, Clone, Copy, Default)]
@@ -62,7 +64,11 @@ fn depth_layout(cfg: &crate::model::ModelConfig) -> DepthLayout {
                     srcs.push((slot, "partial".to_string()));
                 }
                 sources.push(srcs);
-                sinks.push(if in_block == 0 { Sink::StartPartial(slot) } else { Sink::AddToPartial(slot) });
+                sinks.push(if in_block == 0 {
+                    Sink::StartPartial(slot)
+                } else {
+                    Sink::AddToPartial(slot)
+                });
                 in_block += 1;
                 if in_block == block_size || l + 1 == n_sub {
                     completed.push((slot, format!("B{}", completed.len())));
@@ -160,7 +166,14 @@ struct Recorder<'a> {
 }
 
 impl Recorder<'_> {
-    fn gemm(&mut self, g: Gemm, a: &wgpu::Buffer, b: &wgpu::Buffer, bias: Option<&wgpu::Buffer>, c: &wgpu::Buffer) {
+    fn gemm(
+        &mut self,
+        g: Gemm,
+        a: &wgpu::Buffer,
+        b: &wgpu::Buffer,
+        bias: Option<&wgpu::Buffer>,
+        c: &wgpu::Buffer,
+    ) {
         let params = [
             g.m,
             g.n,
@@ -184,7 +197,11 @@ impl Recorder<'_> {
             0,
         ];
         let (kernel, tile) = super::kernels::gemm_variant(g.m, g.n);
-        let groups = [g.n.div_ceil(tile.tile), g.m.div_ceil(tile.tile), g.batch.max(1)];
+        let groups = [
+            g.n.div_ceil(tile.tile),
+            g.m.div_ceil(tile.tile),
+            g.batch.max(1),
+        ];
         let bias = bias.unwrap_or(&self.model.dummy);
         self.plan.push(kernel, &params, &[a, b, bias, c], groups);
     }
@@ -213,9 +230,23 @@ impl Recorder<'_> {
             NormKind::Rms { eps } => (0, eps),
             NormKind::Layer { eps } => (1, eps),
         };
-        let params = [self.t, cfg.hidden_size as u32, 0, 0, kind, (eps as f32).to_bits(), NONE, NONE];
+        let params = [
+            self.t,
+            cfg.hidden_size as u32,
+            0,
+            0,
+            kind,
+            (eps as f32).to_bits(),
+            NONE,
+            NONE,
+        ];
         let beta = n.bias.as_ref().unwrap_or(&self.model.dummy);
-        self.plan.push(KernelId::Norm, &params, &[x, &n.weight, beta, out], row_groups(self.t));
+        self.plan.push(
+            KernelId::Norm,
+            &params,
+            &[x, &n.weight, beta, out],
+            row_groups(self.t),
+        );
     }
 
     /// Mean square and/or RMS of `T` rows starting at element `x_off` into the stats buffer.
@@ -223,12 +254,25 @@ impl Recorder<'_> {
         let d = self.model.cfg.hidden_size as u32;
         let params = [self.t, d, x_off, 0, 0, 0, ms_off, rms_off];
         let dummy = &self.model.dummy;
-        self.plan.push(KernelId::RowStats, &params, &[x, dummy, dummy, &self.b.stats], row_groups(self.t));
+        self.plan.push(
+            KernelId::RowStats,
+            &params,
+            &[x, dummy, dummy, &self.b.stats],
+            row_groups(self.t),
+        );
     }
 
-    fn elementwise(&mut self, kernel: KernelId, n: u32, a: (&wgpu::Buffer, u32), b: (&wgpu::Buffer, u32), out: (&wgpu::Buffer, u32)) {
+    fn elementwise(
+        &mut self,
+        kernel: KernelId,
+        n: u32,
+        a: (&wgpu::Buffer, u32),
+        b: (&wgpu::Buffer, u32),
+        out: (&wgpu::Buffer, u32),
+    ) {
         let params = [n, a.1, b.1, out.1];
-        self.plan.push(kernel, &params, &[a.0, b.0, out.0], elementwise_groups(n));
+        self.plan
+            .push(kernel, &params, &[a.0, b.0, out.0], elementwise_groups(n));
     }
 
     fn attention(&mut self, layer: &super::model::GpuLayer, out: &wgpu::Buffer, out_off: u32) {
@@ -243,7 +287,8 @@ impl Recorder<'_> {
             for (buf, h) in [(&b.q, heads), (&b.k, kv_heads)] {
                 let params = [t, h, hd, 0];
                 let groups = elementwise_groups(t * h * hd / 2);
-                self.plan.push(KernelId::Rope, &params, &[&b.cos, &b.sin, buf], groups);
+                self.plan
+                    .push(KernelId::Rope, &params, &[&b.cos, &b.sin, buf], groups);
             }
         }
         // scores[h] = Q_h K_{h/group}^T / sqrt(hd)
@@ -268,7 +313,12 @@ impl Recorder<'_> {
         };
         self.gemm(scores, &b.q, &b.k, None, &b.scores);
         let window = cfg.sliding_window.map(|w| w as u32).unwrap_or(NONE);
-        self.plan.push(KernelId::CausalSoftmax, &[heads, t, window, 0], &[&b.scores], row_groups(heads * t));
+        self.plan.push(
+            KernelId::CausalSoftmax,
+            &[heads, t, window, 0],
+            &[&b.scores],
+            row_groups(heads * t),
+        );
         // att[:, h] = P_h V_{h/group}
         let pv = Gemm {
             m: t,
@@ -300,7 +350,13 @@ impl Recorder<'_> {
             GpuMlp::SwiGlu { gate, up, down } => {
                 self.linear(&b.x, gate, &b.ff_a, 0);
                 self.linear(&b.x, up, &b.ff_b, 0);
-                self.elementwise(KernelId::SiluMul, n, (&b.ff_a, 0), (&b.ff_b, 0), (&b.ff_c, 0));
+                self.elementwise(
+                    KernelId::SiluMul,
+                    n,
+                    (&b.ff_a, 0),
+                    (&b.ff_b, 0),
+                    (&b.ff_c, 0),
+                );
                 self.linear(&b.ff_c, down, out, out_off);
             }
             GpuMlp::Gelu { fc, proj } => {
@@ -344,7 +400,8 @@ impl Engine {
         tokens: Vec<Token>,
         opts: GpuTraceOptions,
     ) -> Result<Trace, Error> {
-        self.trace_profiled(model, tokenizer, tokens, opts).map(|(t, _)| t)
+        self.trace_profiled(model, tokenizer, tokens, opts)
+            .map(|(t, _)| t)
     }
 
     /// The Trace, and with `opts.profile` the GPU time of every dispatch.
@@ -361,17 +418,38 @@ impl Engine {
         let t = ids.len() as u32;
         let d = cfg.hidden_size as u32;
         let vocab = cfg.vocab_size as u32;
-        let (heads, kv_heads, hd) = (cfg.num_heads as u32, cfg.num_kv_heads as u32, cfg.head_dim as u32);
+        let (heads, kv_heads, hd) = (
+            cfg.num_heads as u32,
+            cfg.num_kv_heads as u32,
+            cfg.head_dim as u32,
+        );
         let layout = depth_layout(cfg);
-        if let Some(n) = layout.sources.iter().map(Vec::len).max().filter(|&n| n as u32 > MAX_SOURCES) {
-            return Err(Error::Unsupported(format!("{n} depth sources (at most {MAX_SOURCES})")));
+        if let Some(n) = layout
+            .sources
+            .iter()
+            .map(Vec::len)
+            .max()
+            .filter(|&n| n as u32 > MAX_SOURCES)
+        {
+            return Err(Error::Unsupported(format!(
+                "{n} depth sources (at most {MAX_SOURCES})"
+            )));
         }
         let hint = "shorten the prompt or use --device cpu";
         let sizes = [
-            ("the depth sources", u64::from(layout.slots) * u64::from(t) * u64::from(d)),
-            ("the attention scores", u64::from(heads) * u64::from(t) * u64::from(t)),
+            (
+                "the depth sources",
+                u64::from(layout.slots) * u64::from(t) * u64::from(d),
+            ),
+            (
+                "the attention scores",
+                u64::from(heads) * u64::from(t) * u64::from(t),
+            ),
             ("the logits", u64::from(t) * u64::from(vocab)),
-            ("the MLP activations", u64::from(t) * cfg.intermediate_size as u64),
+            (
+                "the MLP activations",
+                u64::from(t) * cfg.intermediate_size as u64,
+            ),
         ];
         for (what, floats) in sizes {
             self.check_size(what, floats * 4, hint)?;
@@ -424,7 +502,11 @@ impl Engine {
         let ff = u64::from(t) * cfg.intermediate_size as u64;
         let b = Buffers {
             ids: init(dev, "ids", bytemuck::cast_slice(&ids)),
-            sources: storage(dev, "sources", u64::from(layout.slots) * u64::from(t) * u64::from(d)),
+            sources: storage(
+                dev,
+                "sources",
+                u64::from(layout.slots) * u64::from(t) * u64::from(d),
+            ),
             h: storage(dev, "h", u64::from(t * d)),
             x: storage(dev, "x", u64::from(t * d)),
             y: storage(dev, "y", u64::from(t * d)),
@@ -432,7 +514,11 @@ impl Engine {
             k: storage(dev, "k", u64::from(t * kv_heads * hd)),
             v: storage(dev, "v", u64::from(t * kv_heads * hd)),
             att: storage(dev, "att", u64::from(t * heads * hd)),
-            scores: storage(dev, "scores", u64::from(heads) * u64::from(t) * u64::from(t)),
+            scores: storage(
+                dev,
+                "scores",
+                u64::from(heads) * u64::from(t) * u64::from(t),
+            ),
             ff_a: storage(dev, "ff_a", ff),
             ff_b: storage(dev, "ff_b", ff),
             ff_c: storage(dev, "ff_c", ff),
@@ -455,7 +541,12 @@ impl Engine {
             let has_pos = u32::from(model.positions.is_some());
             let positions = model.positions.as_ref().unwrap_or(&model.dummy);
             let params = [t, d, chunk.row0, chunk.rows, has_pos, 0, 0, 0];
-            r.plan.push(KernelId::Embedding, &params, &[&b.ids, &chunk.buffer, positions, &b.sources], elementwise_groups(t * d));
+            r.plan.push(
+                KernelId::Embedding,
+                &params,
+                &[&b.ids, &chunk.buffer, positions, &b.sources],
+                elementwise_groups(t * d),
+            );
         }
         r.row_stats(&b.sources, 0, 0, NONE);
 
@@ -463,9 +554,17 @@ impl Engine {
         let slot_off = |slot: u32| slot * t * d;
         for (l, (st, sink)) in op_stats.iter().zip(&layout.sinks).enumerate() {
             let layer = &model.layers[l / 2];
-            let qg = if l % 2 == 0 { layer.attn_qg.as_ref() } else { layer.mlp_qg.as_ref() };
+            let qg = if l % 2 == 0 {
+                layer.attn_qg.as_ref()
+            } else {
+                layer.mlp_qg.as_ref()
+            };
             depth_op(&mut r, st, list_offsets[l], qg, eps);
-            let norm = if l % 2 == 0 { &layer.attn_norm } else { &layer.mlp_norm };
+            let norm = if l % 2 == 0 {
+                &layer.attn_norm
+            } else {
+                &layer.mlp_norm
+            };
             r.norm(&b.h, norm, &b.x);
             let (out, out_off) = match sink {
                 Sink::Slot(s) => (&b.sources, slot_off(*s)),
@@ -480,8 +579,18 @@ impl Engine {
                 Sink::Slot(s) => r.row_stats(&b.sources, slot_off(s), s * t, st.output_rms),
                 Sink::StartPartial(s) | Sink::AddToPartial(s) => {
                     r.row_stats(&b.y, 0, NONE, st.output_rms);
-                    let kernel = if matches!(sink, Sink::StartPartial(_)) { KernelId::Copy } else { KernelId::Accumulate };
-                    r.elementwise(kernel, t * d, (&b.y, 0), (&b.y, 0), (&b.sources, slot_off(s)));
+                    let kernel = if matches!(sink, Sink::StartPartial(_)) {
+                        KernelId::Copy
+                    } else {
+                        KernelId::Accumulate
+                    };
+                    r.elementwise(
+                        kernel,
+                        t * d,
+                        (&b.y, 0),
+                        (&b.y, 0),
+                        (&b.sources, slot_off(s)),
+                    );
                     r.row_stats(&b.sources, slot_off(s), s * t, st.partial_rms);
                 }
             }
@@ -489,7 +598,13 @@ impl Engine {
         // Final op: aggregation (or residual sum), final norm, head, top-k and loss.
         let n_sub = cfg.num_sublayers();
         let fin = &op_stats[n_sub];
-        depth_op(&mut r, fin, list_offsets[n_sub], model.final_qg.as_ref(), eps);
+        depth_op(
+            &mut r,
+            fin,
+            list_offsets[n_sub],
+            model.final_qg.as_ref(),
+            eps,
+        );
         r.norm(&b.h, &model.final_norm, &b.x);
         r.row_stats(&b.x, 0, NONE, fin.output_rms);
         for chunk in model.head_chunks() {
@@ -508,18 +623,35 @@ impl Engine {
             };
             r.gemm(g, &b.x, &chunk.buffer, None, &b.logits);
         }
-        r.plan.push(KernelId::Head, &[t, vocab, 0, 0], &[&b.logits, &b.ids, &b.head_out], row_groups(t));
+        r.plan.push(
+            KernelId::Head,
+            &[t, vocab, 0, 0],
+            &[&b.logits, &b.ids, &b.head_out],
+            row_groups(t),
+        );
 
         // One submission: the forward, then copies of what the Trace needs into one staging buffer.
-        let mut encoder = dev.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("trace") });
+        let mut encoder = dev.create_command_encoder(&wgpu::CommandEncoderDescriptor {
+            label: Some("trace"),
+        });
         let kernel_ids = r.plan.kernel_ids();
-        let profile = opts.profile && self.device.features().contains(wgpu::Features::TIMESTAMP_QUERY);
+        let profile = opts.profile
+            && self
+                .device
+                .features()
+                .contains(wgpu::Features::TIMESTAMP_QUERY);
         if opts.profile && !profile {
-            return Err(Error::Unsupported(format!("GPU timestamps on `{}`", self.adapter_name)));
+            return Err(Error::Unsupported(format!(
+                "GPU timestamps on `{}`",
+                self.adapter_name
+            )));
         }
         let n_queries = (2 * kernel_ids.len()) as u32;
         if profile && n_queries > wgpu::QUERY_SET_MAX_QUERIES {
-            return Err(Error::Unsupported(format!("profiling {} dispatches in one forward", kernel_ids.len())));
+            return Err(Error::Unsupported(format!(
+                "profiling {} dispatches in one forward",
+                kernel_ids.len()
+            )));
         }
         let query_set = profile.then(|| {
             dev.create_query_set(&wgpu::QuerySetDescriptor {
@@ -528,7 +660,8 @@ impl Engine {
                 count: n_queries,
             })
         });
-        r.plan.record(dev, &self.kernels, &mut encoder, query_set.as_ref());
+        r.plan
+            .record(dev, &self.kernels, &mut encoder, query_set.as_ref());
         let times_bytes = if profile { u64::from(n_queries) * 8 } else { 0 };
         let times_staging = query_set.as_ref().map(|qs| {
             let resolve = dev.create_buffer(&wgpu::BufferDescriptor {
@@ -549,7 +682,11 @@ impl Engine {
         });
         let stats_bytes = u64::from(stats_len) * 4;
         let head_bytes = u64::from(head_len) * 4;
-        let logits_bytes = if opts.logits { u64::from(t) * u64::from(vocab) * 4 } else { 0 };
+        let logits_bytes = if opts.logits {
+            u64::from(t) * u64::from(vocab) * 4
+        } else {
+            0
+        };
         let staging = dev.create_buffer(&wgpu::BufferDescriptor {
             label: Some("readback"),
             size: (stats_bytes + head_bytes + logits_bytes).max(16),
@@ -559,7 +696,13 @@ impl Engine {
         encoder.copy_buffer_to_buffer(&b.stats, 0, &staging, 0, stats_bytes);
         encoder.copy_buffer_to_buffer(&b.head_out, 0, &staging, stats_bytes, head_bytes);
         if opts.logits {
-            encoder.copy_buffer_to_buffer(&b.logits, 0, &staging, stats_bytes + head_bytes, logits_bytes);
+            encoder.copy_buffer_to_buffer(
+                &b.logits,
+                0,
+                &staging,
+                stats_bytes + head_bytes,
+                logits_bytes,
+            );
         }
         self.queue.submit([encoder.finish()]);
         let data = self.read(&staging)?;
@@ -579,11 +722,17 @@ impl Engine {
         let head = &data[stats_len as usize..(stats_len + head_len) as usize];
 
         let rows = |off: u32, n: u32| -> Vec<Vec<f32>> {
-            (0..t).map(|i| stats[(off + i * n) as usize..(off + (i + 1) * n) as usize].to_vec()).collect()
+            (0..t)
+                .map(|i| stats[(off + i * n) as usize..(off + (i + 1) * n) as usize].to_vec())
+                .collect()
         };
         let vec = |off: u32| stats[off as usize..(off + t) as usize].to_vec();
         let block = matches!(cfg.attnres.map(|a| a.mode), Some(AttnResMode::Block { .. }));
-        let mixing = if cfg.attnres.is_some() { Mixing::DepthAttention } else { Mixing::ResidualSum };
+        let mixing = if cfg.attnres.is_some() {
+            Mixing::DepthAttention
+        } else {
+            Mixing::ResidualSum
+        };
         let ops = op_stats
             .iter()
             .zip(&layout.sources)
@@ -635,7 +784,10 @@ impl Engine {
             .collect();
         let logits = opts.logits.then(|| {
             let all = &data[(stats_len + head_len) as usize..];
-            all.chunks(vocab as usize).take(t as usize).map(<[f32]>::to_vec).collect()
+            all.chunks(vocab as usize)
+                .take(t as usize)
+                .map(<[f32]>::to_vec)
+                .collect()
         });
         let trace = Trace {
             schema_version: TRACE_SCHEMA_VERSION,
@@ -664,7 +816,9 @@ impl Engine {
         rx.recv()
             .map_err(|e| Error::Readback(e.to_string()))?
             .map_err(|e| Error::Readback(e.to_string()))?;
-        let view = staging.get_mapped_range(..).map_err(|e| Error::Readback(e.to_string()))?;
+        let view = staging
+            .get_mapped_range(..)
+            .map_err(|e| Error::Readback(e.to_string()))?;
         let out = bytemuck::cast_slice::<u8, f32>(&view).to_vec();
         drop(view);
         staging.unmap();
@@ -695,5 +849,10 @@ fn depth_op(r: &mut Recorder, st: &OpStats, list_off: u32, qg: Option<&wgpu::Buf
     ];
     let qg = qg.unwrap_or(&r.model.dummy);
     let b = r.b;
-    r.plan.push(KernelId::Depth, &params, &[&b.sources, &b.slot_lists, qg, &b.h, &b.stats], row_groups(r.t));
+    r.plan.push(
+        KernelId::Depth,
+        &params,
+        &[&b.sources, &b.slot_lists, qg, &b.h, &b.stats],
+        row_groups(r.t),
+    );
 }

@@ -3,8 +3,9 @@
 
 /// GEMM tiles: a workgroup computes TILE x TILE outputs of C with 16 x 16 threads, staging
 /// BK-deep slices of A and B. The small tile (4 x 4 outputs per thread) keeps short prompts'
-/// GEMMs spread over many workgroups; the large one (8 x 8 per thread, GPU.md's 31.7 TFLOP/s
-/// configuration) serves big ones.
+/// GEMMs spread over many workgroups; the large one (8 x 8 per thread in vec4 registers, GPU.md's
+/// 31.7 TFLOP/s configuration) serves big ones. The large tile's sizes are fixed in its WGSL
+/// (`LT`, `LBK`): its register block is written out by hand.
 pub const MATMUL_SMALL: GemmTile = GemmTile { tile: 64, bk: 16 };
 pub const MATMUL_LARGE: GemmTile = GemmTile { tile: 128, bk: 8 };
 pub const MATMUL_WG: u32 = 16;
@@ -53,6 +54,16 @@ pub struct KernelSpec {
 }
 
 const ROW: &[(&str, u32)] = &[("WG", ROW_WG)];
+/// Both GEMM entry points live in matmul.wgsl and see every tile constant.
+const MATMUL_CONSTS: &[(&str, u32)] = &[
+    ("TILE_M", MATMUL_SMALL.tile),
+    ("TILE_N", MATMUL_SMALL.tile),
+    ("BK", MATMUL_SMALL.bk),
+    ("WG_X", MATMUL_WG),
+    ("WG_Y", MATMUL_WG),
+    ("LT", MATMUL_LARGE.tile),
+    ("LBK", MATMUL_LARGE.bk),
+];
 
 macro_rules! shader {
     ($file:literal) => {
@@ -94,40 +105,91 @@ pub const KERNELS: &[KernelSpec] = &[
         "matmul",
         MATMUL,
         "main",
-        &[
-            ("TILE_M", MATMUL_SMALL.tile),
-            ("TILE_N", MATMUL_SMALL.tile),
-            ("BK", MATMUL_SMALL.bk),
-            ("WG_X", MATMUL_WG),
-            ("WG_Y", MATMUL_WG),
-        ],
+        MATMUL_CONSTS,
         false,
         &[Read, Read, Read, ReadWrite],
     ),
     spec(
         "matmul_large",
         MATMUL,
-        "main",
-        &[
-            ("TILE_M", MATMUL_LARGE.tile),
-            ("TILE_N", MATMUL_LARGE.tile),
-            ("BK", MATMUL_LARGE.bk),
-            ("WG_X", MATMUL_WG),
-            ("WG_Y", MATMUL_WG),
-        ],
+        "main_large",
+        MATMUL_CONSTS,
         false,
         &[Read, Read, Read, ReadWrite],
     ),
-    spec("norm", NORM, "norm", ROW, true, &[Read, Read, Read, ReadWrite]),
-    spec("row_stats", NORM, "row_stats", ROW, true, &[Read, Read, Read, ReadWrite]),
+    spec(
+        "norm",
+        NORM,
+        "norm",
+        ROW,
+        true,
+        &[Read, Read, Read, ReadWrite],
+    ),
+    spec(
+        "row_stats",
+        NORM,
+        "row_stats",
+        ROW,
+        true,
+        &[Read, Read, Read, ReadWrite],
+    ),
     spec("rope", ROPE, "main", ROW, false, &[Read, Read, ReadWrite]),
-    spec("causal_softmax", ATTENTION, "causal_softmax", ROW, true, &[ReadWrite]),
-    spec("silu_mul", ACTIVATIONS, "silu_mul", ROW, false, &[Read, Read, ReadWrite]),
-    spec("gelu_tanh", ACTIVATIONS, "gelu_tanh", ROW, false, &[Read, Read, ReadWrite]),
-    spec("gelu_erf", ACTIVATIONS, "gelu_erf", ROW, false, &[Read, Read, ReadWrite]),
-    spec("accumulate", ACTIVATIONS, "accumulate", ROW, false, &[Read, Read, ReadWrite]),
-    spec("copy", ACTIVATIONS, "copy", ROW, false, &[Read, Read, ReadWrite]),
-    spec("embedding", EMBEDDING, "main", ROW, false, &[Read, Read, Read, ReadWrite]),
+    spec(
+        "causal_softmax",
+        ATTENTION,
+        "causal_softmax",
+        ROW,
+        true,
+        &[ReadWrite],
+    ),
+    spec(
+        "silu_mul",
+        ACTIVATIONS,
+        "silu_mul",
+        ROW,
+        false,
+        &[Read, Read, ReadWrite],
+    ),
+    spec(
+        "gelu_tanh",
+        ACTIVATIONS,
+        "gelu_tanh",
+        ROW,
+        false,
+        &[Read, Read, ReadWrite],
+    ),
+    spec(
+        "gelu_erf",
+        ACTIVATIONS,
+        "gelu_erf",
+        ROW,
+        false,
+        &[Read, Read, ReadWrite],
+    ),
+    spec(
+        "accumulate",
+        ACTIVATIONS,
+        "accumulate",
+        ROW,
+        false,
+        &[Read, Read, ReadWrite],
+    ),
+    spec(
+        "copy",
+        ACTIVATIONS,
+        "copy",
+        ROW,
+        false,
+        &[Read, Read, ReadWrite],
+    ),
+    spec(
+        "embedding",
+        EMBEDDING,
+        "main",
+        ROW,
+        false,
+        &[Read, Read, Read, ReadWrite],
+    ),
     spec(
         "depth",
         DEPTH,

@@ -13,20 +13,46 @@ const USAGE: wgpu::BufferUsages = wgpu::BufferUsages::STORAGE
 
 /// `[M, K] x [N, K]^T` parameters for matmul.wgsl, weights-style (B rows are k-contiguous).
 fn nt_params(m: u32, n: u32, k: u32) -> [u32; 20] {
-    [m, n, k, 1, 0, 0, k, 0, 0, 0, 1, k, 0, 0, n, 0, 0, 1f32.to_bits(), 0, 0]
+    [
+        m,
+        n,
+        k,
+        1,
+        0,
+        0,
+        k,
+        0,
+        0,
+        0,
+        1,
+        k,
+        0,
+        0,
+        n,
+        0,
+        0,
+        1f32.to_bits(),
+        0,
+        0,
+    ]
 }
 
 impl Engine {
     fn gemm_buffers(&self, a: &[f32], b: &[f32], c_len: usize) -> Result<[wgpu::Buffer; 4], Error> {
         for (what, len) in [("A", a.len()), ("B", b.len()), ("C", c_len)] {
-            self.check_size(&format!("GEMM operand {what}"), len as u64 * 4, "use smaller matrices")?;
+            self.check_size(
+                &format!("GEMM operand {what}"),
+                len as u64 * 4,
+                "use smaller matrices",
+            )?;
         }
         let init = |label: &str, data: &[f32]| {
-            self.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
-                label: Some(label),
-                contents: bytemuck::cast_slice(data),
-                usage: USAGE,
-            })
+            self.device
+                .create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                    label: Some(label),
+                    contents: bytemuck::cast_slice(data),
+                    usage: USAGE,
+                })
         };
         let c = self.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("C"),
@@ -38,7 +64,14 @@ impl Engine {
     }
 
     /// `C[M, N] = A[M, K] B[N, K]^T` on the GPU, through the shipped GEMM kernel.
-    pub fn matmul_nt(&self, a: &[f32], b: &[f32], m: usize, n: usize, k: usize) -> Result<Vec<f32>, Error> {
+    pub fn matmul_nt(
+        &self,
+        a: &[f32],
+        b: &[f32],
+        m: usize,
+        n: usize,
+        k: usize,
+    ) -> Result<Vec<f32>, Error> {
         if a.len() != m * k || b.len() != n * k {
             return Err(Error::Unsupported(format!(
                 "GEMM operands of {} and {} values for {m}x{k} and {n}x{k}",
@@ -74,9 +107,20 @@ impl Engine {
 
     /// Milliseconds per `[M, K] x [N, K]^T` GEMM: median of `reps` submissions of `iters`
     /// back-to-back dispatches each, after one warm-up submission.
-    pub fn time_matmul(&self, m: usize, n: usize, k: usize, iters: usize, reps: usize) -> Result<f64, Error> {
-        let a: Vec<f32> = (0..m * k).map(|i| ((i % 97) as f32 - 48.0) / 97.0).collect();
-        let b: Vec<f32> = (0..n * k).map(|i| ((i % 89) as f32 - 44.0) / 89.0).collect();
+    pub fn time_matmul(
+        &self,
+        m: usize,
+        n: usize,
+        k: usize,
+        iters: usize,
+        reps: usize,
+    ) -> Result<f64, Error> {
+        let a: Vec<f32> = (0..m * k)
+            .map(|i| ((i % 97) as f32 - 48.0) / 97.0)
+            .collect();
+        let b: Vec<f32> = (0..n * k)
+            .map(|i| ((i % 89) as f32 - 44.0) / 89.0)
+            .collect();
         let [ab, bb, bias, cb] = self.gemm_buffers(&a, &b, m * n)?;
         let (m, n, k) = (m as u32, n as u32, k as u32);
         let mut plan = Plan::new(self.limits.min_uniform_buffer_offset_alignment);

@@ -3,8 +3,8 @@
 //! one command buffer and read back once.
 
 mod forward;
-mod matmul;
 pub mod kernels;
+mod matmul;
 mod model;
 mod plan;
 
@@ -66,7 +66,8 @@ impl Engine {
     /// Open the best adapter (`WGPU_BACKEND` / `WGPU_ADAPTER_NAME` narrow the choice) with its own
     /// limits, not wgpu's defaults (which cap a storage binding at 128 MiB).
     pub fn new() -> Result<Self, Error> {
-        let instance = wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
+        let instance =
+            wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
         let backends = wgpu::Backends::from_env().unwrap_or(wgpu::Backends::all());
         let mut adapters = pollster::block_on(instance.enumerate_adapters(backends));
         if let Ok(wanted) = std::env::var("WGPU_ADAPTER_NAME") {

@@ -20,8 +20,15 @@ pub(crate) struct GpuNorm {
 }
 
 pub(crate) enum GpuMlp {
-    SwiGlu { gate: GpuLinear, up: GpuLinear, down: GpuLinear },
-    Gelu { fc: GpuLinear, proj: GpuLinear },
+    SwiGlu {
+        gate: GpuLinear,
+        up: GpuLinear,
+        down: GpuLinear,
+    },
+    Gelu {
+        fc: GpuLinear,
+        proj: GpuLinear,
+    },
 }
 
 pub(crate) struct GpuLayer {
@@ -82,12 +89,18 @@ fn values(t: &Tensor) -> Result<Vec<f32>, Error> {
 impl Engine {
     fn upload_values(&self, label: &str, data: &[f32]) -> Result<wgpu::Buffer, Error> {
         let bytes = (data.len() * 4) as u64;
-        self.check_size(&format!("tensor `{label}`"), bytes, "the adapter's storage binding limit")?;
-        Ok(self.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
-            label: Some(label),
-            contents: bytemuck::cast_slice(data),
-            usage: USAGE,
-        }))
+        self.check_size(
+            &format!("tensor `{label}`"),
+            bytes,
+            "the adapter's storage binding limit",
+        )?;
+        Ok(self
+            .device
+            .create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                label: Some(label),
+                contents: bytemuck::cast_slice(data),
+                usage: USAGE,
+            }))
     }
 
     fn upload(&self, label: &str, t: &Tensor) -> Result<wgpu::Buffer, Error> {
@@ -114,7 +127,11 @@ impl Engine {
         })
     }
 
-    fn upload_query(&self, label: &str, q: &Option<DepthQuery>) -> Result<Option<wgpu::Buffer>, Error> {
+    fn upload_query(
+        &self,
+        label: &str,
+        q: &Option<DepthQuery>,
+    ) -> Result<Option<wgpu::Buffer>, Error> {
         q.as_ref()
             .map(|q| {
                 let folded = (&q.query * &q.key_gain)
@@ -173,10 +190,18 @@ impl Engine {
         Ok(GpuModel {
             cfg: cfg.clone(),
             embed: self.upload_table("embed", &w.embed)?,
-            positions: w.positions.as_ref().map(|p| self.upload("positions", p)).transpose()?,
+            positions: w
+                .positions
+                .as_ref()
+                .map(|p| self.upload("positions", p))
+                .transpose()?,
             layers,
             final_norm: self.upload_norm("final_norm", &w.final_norm)?,
-            head: w.lm_head.as_ref().map(|h| self.upload_table("lm_head", h)).transpose()?,
+            head: w
+                .lm_head
+                .as_ref()
+                .map(|h| self.upload_table("lm_head", h))
+                .transpose()?,
             final_qg: self.upload_query("final_res", &w.final_res)?,
             dummy: self.upload_values("dummy", &[0.0; 4])?,
         })

@@ -49,7 +49,13 @@ impl Plan {
     }
 
     /// Queue one dispatch. `params` are the kernel's `Params` struct as 32-bit words.
-    pub fn push(&mut self, kernel: KernelId, params: &[u32], buffers: &[&wgpu::Buffer], groups: [u32; 3]) {
+    pub fn push(
+        &mut self,
+        kernel: KernelId,
+        params: &[u32],
+        buffers: &[&wgpu::Buffer],
+        groups: [u32; 3],
+    ) {
         let offset = self.params.len();
         for w in params {
             self.params.extend_from_slice(&w.to_le_bytes());

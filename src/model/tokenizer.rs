@@ -110,17 +110,25 @@ impl TextTokenizer {
         let enc = tok
             .encode(text, true)
             .map_err(|e| tokenizer_error(Path::new("tokenizer"), e))?;
+        // Tokenizers trim whitespace out of offsets (`trim_offsets`) and give every byte-token of
+        // one character the character's span. Spans here tile the prompt instead: a token starts
+        // where the previous one ended, and a continuation byte-token covers nothing.
+        let mut prev_end = 0;
         Ok(enc
             .get_ids()
             .iter()
             .zip(enc.get_tokens())
             .zip(enc.get_offsets())
-            .map(|((&id, piece), &(start, end))| Token {
-                id,
-                text: text.get(start..end).unwrap_or("").to_string(),
-                piece: piece.clone(),
-                start,
-                end,
+            .map(|((&id, piece), &(_, end))| {
+                let (start, end) = (prev_end, end.max(prev_end));
+                prev_end = end;
+                Token {
+                    id,
+                    text: text.get(start..end).unwrap_or("").to_string(),
+                    piece: piece.clone(),
+                    start,
+                    end,
+                }
             })
             .collect())
     }

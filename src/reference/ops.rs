@@ -150,7 +150,9 @@ pub fn causal_mask(t: usize, window: Option<usize>, dtype: DType) -> Result<Tens
 /// `[B * T, heads * hd]` -> `[B, heads, T, hd]`.
 pub fn split_heads(x: &Tensor, batch: usize, heads: usize, hd: usize) -> Result<Tensor> {
     let t = x.dim(0)? / batch;
-    x.reshape((batch, t, heads, hd))?.transpose(1, 2)?.contiguous()
+    x.reshape((batch, t, heads, hd))?
+        .transpose(1, 2)?
+        .contiguous()
 }
 
 /// Causal multi-head attention with GQA: q `[B, H, T, hd]`, k and v `[B, Hkv, T, hd]` ->
@@ -170,7 +172,9 @@ pub fn causal_attention(q: &Tensor, k: &Tensor, v: &Tensor, mask: &Tensor) -> Re
     let (k, v) = (repeat(k)?, repeat(v)?);
     let scores = (q.matmul(&k.t()?)? * (1.0 / (hd as f64).sqrt()))?.broadcast_add(mask)?;
     let p = softmax(&scores, 3)?;
-    p.matmul(&v)?.transpose(1, 2)?.reshape((batch * t, heads * hd))
+    p.matmul(&v)?
+        .transpose(1, 2)?
+        .reshape((batch * t, heads * hd))
 }
 
 /// Rows of a `[a, b]` tensor as f32, whatever its dtype (the reference also runs in f64 for

@@ -464,7 +464,10 @@ fn save_checkpoint(
         cfg.to_hf_json().to_string(),
     );
     if let Some(json) = &out.tokenizer_json {
-        meta.insert(crate::model::TOKENIZER_METADATA_KEY.to_string(), json.clone());
+        meta.insert(
+            crate::model::TOKENIZER_METADATA_KEY.to_string(),
+            json.clone(),
+        );
     }
     meta.insert(TRAINING_LOG_KEY.to_string(), csv);
     meta.insert(
