@@ -241,10 +241,13 @@ fn gemm_kernels_match_at_odd_sizes_on_fresh_random_inputs() {
         );
         seen.push(variant);
     }
-    assert!(
-        seen.contains(&KernelId::Matmul) && seen.contains(&KernelId::MatmulLarge),
-        "both GEMM variants ran"
-    );
+    for v in [
+        KernelId::Matmul,
+        KernelId::MatmulSkinny,
+        KernelId::MatmulLarge,
+    ] {
+        assert!(seen.contains(&v), "GEMM variant {v:?} ran");
+    }
 }
 
 /// A model with every dimension past one tile and none a multiple of a tile or workgroup:
@@ -376,5 +379,43 @@ fn demo_checkpoints_trace_the_same_on_gpu_and_cpu() {
         }
         let (gl, cl) = (gpu.loss.unwrap(), cpu.loss.unwrap());
         assert!((gl - cl).abs() < 1e-4 * cl, "{arch}: loss {gl} vs {cl}");
+    }
+}
+
+#[test]
+fn a_reused_workspace_gives_each_prompt_its_own_trace() {
+    let cfg = common::tiny_config("block:3");
+    let w = common::tiny_weights(&cfg, 17);
+    let tok = TextTokenizer::byte_fallback();
+    let model = engine().load(&cfg, &w).unwrap();
+    let opts = GpuTraceOptions {
+        logits: true,
+        profile: false,
+    };
+    for ids in [
+        [1u32, 2, 3, 4, 5, 6, 7],
+        [70, 60, 50, 40, 30, 20, 10],
+        [1, 2, 3, 4, 5, 6, 7],
+    ] {
+        let gpu = engine()
+            .trace(&model, &tok, tok.tokens_from_ids(&ids), opts)
+            .unwrap();
+        let cpu_opts = TraceOptions {
+            logits: true,
+            ..Default::default()
+        };
+        let cpu =
+            reference::trace_tokens(&cfg, &w, &tok, tok.tokens_from_ids(&ids), cpu_opts, &Silent)
+                .unwrap();
+        let err =
+            common::normwise_err(&gpu.logits.unwrap().concat(), &cpu.logits.unwrap().concat());
+        assert!(err < 1e-5, "{ids:?}: {err:.2e}");
+        assert_rel(
+            "alpha",
+            &gpu.ops[4].alpha.concat(),
+            &cpu.ops[4].alpha.concat(),
+            1e-3,
+            1e-4,
+        );
     }
 }

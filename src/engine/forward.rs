@@ -5,7 +5,9 @@ use wgpu::util::DeviceExt;
 
 use super::kernels::{KernelId, MAX_SOURCES, TOP_K};
 use super::model::{GpuLinear, GpuMlp, GpuModel, GpuNorm};
-use super::plan::{elementwise_groups, row_groups, Plan};
+use std::sync::{Arc, Mutex};
+
+use super::plan::{elementwise_groups, row_groups, Plan, Recorded};
 use super::{Engine, Error};
 use crate::model::{Activation, AttnResMode, NormKind, TextTokenizer, Token};
 use crate::reference::forward::op_name;
@@ -110,6 +112,17 @@ struct OpStats {
     partial_rms: u32,
 }
 
+/// Everything a forward of one prompt length needs on the GPU, built once and reused.
+pub(crate) struct Workspace {
+    layout: DepthLayout,
+    op_stats: Vec<OpStats>,
+    stats_len: u32,
+    head_len: u32,
+    buffers: Buffers,
+    recorded: Recorded,
+    kernel_ids: Vec<KernelId>,
+}
+
 struct Buffers {
     ids: wgpu::Buffer,
     sources: wgpu::Buffer,
@@ -197,11 +210,7 @@ impl Recorder<'_> {
             0,
         ];
         let (kernel, tile) = super::kernels::gemm_variant(g.m, g.n);
-        let groups = [
-            g.n.div_ceil(tile.tile),
-            g.m.div_ceil(tile.tile),
-            g.batch.max(1),
-        ];
+        let groups = [g.n.div_ceil(tile.1), g.m.div_ceil(tile.0), g.batch.max(1)];
         let bias = bias.unwrap_or(&self.model.dummy);
         self.plan.push(kernel, &params, &[a, b, bias, c], groups);
     }
@@ -415,7 +424,30 @@ impl Engine {
         let cfg = &model.cfg;
         let ids: Vec<u32> = tokens.iter().map(|t| t.id).collect();
         crate::reference::check_ids(cfg, &ids)?;
-        let t = ids.len() as u32;
+        let workspace = self.workspace(model, ids.len() as u32)?;
+        // A poisoned lock only means an earlier trace panicked; the buffers are still whole.
+        let ws = workspace.lock().unwrap_or_else(|e| e.into_inner());
+        self.run(model, &ws, tokenizer, tokens, &ids, opts)
+    }
+
+    /// Buffers, bind groups and the recorded dispatches for prompts of `t` tokens: built once per
+    /// length and model, so that a trace only writes the ids, submits and reads back.
+    fn workspace(&self, model: &GpuModel, t: u32) -> Result<Arc<Mutex<Workspace>>, Error> {
+        let mut cache = model.workspaces.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((_, ws)) = cache.iter().find(|(len, _)| *len == t) {
+            return Ok(ws.clone());
+        }
+        let ws = Arc::new(Mutex::new(self.build_workspace(model, t)?));
+        // Keep a few lengths (live typing revisits them); drop the oldest.
+        if cache.len() >= 4 {
+            cache.remove(0);
+        }
+        cache.push((t, ws.clone()));
+        Ok(ws)
+    }
+
+    fn build_workspace(&self, model: &GpuModel, t: u32) -> Result<Workspace, Error> {
+        let cfg = &model.cfg;
         let d = cfg.hidden_size as u32;
         let vocab = cfg.vocab_size as u32;
         let (heads, kv_heads, hd) = (
@@ -485,9 +517,9 @@ impl Engine {
         let (cos, sin) = match &cfg.rope {
             Some(rope) => {
                 let inv = rope_inv_freq(rope, cfg.head_dim);
-                let mut c = Vec::with_capacity(ids.len() * inv.len());
-                let mut s = Vec::with_capacity(ids.len() * inv.len());
-                for pos in 0..ids.len() {
+                let mut c = Vec::with_capacity(t as usize * inv.len());
+                let mut s = Vec::with_capacity(t as usize * inv.len());
+                for pos in 0..t {
                     for f in &inv {
                         let angle = pos as f64 * f;
                         c.push(angle.cos() as f32);
@@ -501,7 +533,7 @@ impl Engine {
         let dev = &self.device;
         let ff = u64::from(t) * cfg.intermediate_size as u64;
         let b = Buffers {
-            ids: init(dev, "ids", bytemuck::cast_slice(&ids)),
+            ids: storage(dev, "ids", u64::from(t)),
             sources: storage(
                 dev,
                 "sources",
@@ -630,11 +662,48 @@ impl Engine {
             row_groups(t),
         );
 
+        let kernel_ids = r.plan.kernel_ids();
+        let recorded = r.plan.build(dev, &self.kernels);
+        Ok(Workspace {
+            layout,
+            op_stats,
+            stats_len,
+            head_len,
+            buffers: b,
+            recorded,
+            kernel_ids,
+        })
+    }
+
+    /// One forward on a prepared workspace: write the ids, submit, read back, build the Trace.
+    fn run(
+        &self,
+        model: &GpuModel,
+        ws: &Workspace,
+        tokenizer: &TextTokenizer,
+        tokens: Vec<Token>,
+        ids: &[u32],
+        opts: GpuTraceOptions,
+    ) -> Result<(Trace, Vec<KernelTime>), Error> {
+        let cfg = &model.cfg;
+        let dev = &self.device;
+        let t = ids.len() as u32;
+        let vocab = cfg.vocab_size as u32;
+        let n_sub = cfg.num_sublayers();
+        let (b, layout, op_stats, stats_len, head_len) = (
+            &ws.buffers,
+            &ws.layout,
+            &ws.op_stats,
+            ws.stats_len,
+            ws.head_len,
+        );
+        let kernel_ids = &ws.kernel_ids;
+        self.queue
+            .write_buffer(&b.ids, 0, bytemuck::cast_slice(ids));
         // One submission: the forward, then copies of what the Trace needs into one staging buffer.
         let mut encoder = dev.create_command_encoder(&wgpu::CommandEncoderDescriptor {
             label: Some("trace"),
         });
-        let kernel_ids = r.plan.kernel_ids();
         let profile = opts.profile
             && self
                 .device
@@ -660,8 +729,8 @@ impl Engine {
                 count: n_queries,
             })
         });
-        r.plan
-            .record(dev, &self.kernels, &mut encoder, query_set.as_ref());
+        ws.recorded
+            .encode(&self.kernels, &mut encoder, query_set.as_ref());
         let times_bytes = if profile { u64::from(n_queries) * 8 } else { 0 };
         let times_staging = query_set.as_ref().map(|qs| {
             let resolve = dev.create_buffer(&wgpu::BufferDescriptor {

@@ -7,6 +7,9 @@
 /// 31.7 TFLOP/s configuration) serves big ones. The large tile's sizes are fixed in its WGSL
 /// (`LT`, `LBK`): its register block is written out by hand.
 pub const MATMUL_SMALL: GemmTile = GemmTile { tile: 64, bk: 16 };
+/// Short prompts (M <= 64 rows): 16 x 32 tiles, 2 outputs per thread, so that a 64-token GEMM
+/// still spreads over dozens of workgroups.
+pub const MATMUL_SKINNY: (u32, u32) = (16, 32);
 pub const MATMUL_LARGE: GemmTile = GemmTile { tile: 128, bk: 8 };
 pub const MATMUL_WG: u32 = 16;
 
@@ -16,12 +19,19 @@ pub struct GemmTile {
     pub bk: u32,
 }
 
-/// The GEMM variant for an `M x N` output: the large tile once it still yields enough workgroups.
-pub fn gemm_variant(m: u32, n: u32) -> (KernelId, GemmTile) {
-    if m >= 256 && n >= 256 && u64::from(m.div_ceil(128)) * u64::from(n.div_ceil(128)) >= 64 {
-        (KernelId::MatmulLarge, MATMUL_LARGE)
+/// The GEMM variant for an `M x N` output and its (rows, columns) tile: skinny for few rows, the
+/// large tile once it still yields enough workgroups, the small one otherwise.
+pub fn gemm_variant(m: u32, n: u32) -> (KernelId, (u32, u32)) {
+    if m <= 64 {
+        (KernelId::MatmulSkinny, MATMUL_SKINNY)
+    } else if m >= 256 && n >= 256 && u64::from(m.div_ceil(128)) * u64::from(n.div_ceil(128)) >= 64
+    {
+        (
+            KernelId::MatmulLarge,
+            (MATMUL_LARGE.tile, MATMUL_LARGE.tile),
+        )
     } else {
-        (KernelId::Matmul, MATMUL_SMALL)
+        (KernelId::Matmul, (MATMUL_SMALL.tile, MATMUL_SMALL.tile))
     }
 }
 /// Threads per workgroup of the row-wise and elementwise kernels (a power of two).
@@ -58,6 +68,15 @@ const ROW: &[(&str, u32)] = &[("WG", ROW_WG)];
 const MATMUL_CONSTS: &[(&str, u32)] = &[
     ("TILE_M", MATMUL_SMALL.tile),
     ("TILE_N", MATMUL_SMALL.tile),
+    ("BK", MATMUL_SMALL.bk),
+    ("WG_X", MATMUL_WG),
+    ("WG_Y", MATMUL_WG),
+    ("LT", MATMUL_LARGE.tile),
+    ("LBK", MATMUL_LARGE.bk),
+];
+const SKINNY_CONSTS: &[(&str, u32)] = &[
+    ("TILE_M", MATMUL_SKINNY.0),
+    ("TILE_N", MATMUL_SKINNY.1),
     ("BK", MATMUL_SMALL.bk),
     ("WG_X", MATMUL_WG),
     ("WG_Y", MATMUL_WG),
@@ -106,6 +125,14 @@ pub const KERNELS: &[KernelSpec] = &[
         MATMUL,
         "main",
         MATMUL_CONSTS,
+        false,
+        &[Read, Read, Read, ReadWrite],
+    ),
+    spec(
+        "matmul_skinny",
+        MATMUL,
+        "main",
+        SKINNY_CONSTS,
         false,
         &[Read, Read, Read, ReadWrite],
     ),
@@ -298,6 +325,7 @@ pub fn build(device: &wgpu::Device, spec: &KernelSpec) -> Kernel {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum KernelId {
     Matmul,
+    MatmulSkinny,
     MatmulLarge,
     Norm,
     RowStats,

@@ -63,7 +63,16 @@ pub struct GpuModel {
     pub(crate) final_qg: Option<wgpu::Buffer>,
     /// Bound where a kernel's optional input is absent (no bias, no positions).
     pub(crate) dummy: wgpu::Buffer,
+    /// Prepared forwards by prompt length (most recent last).
+    pub(crate) workspaces: WorkspaceCache,
 }
+
+pub(crate) type WorkspaceCache = std::sync::Mutex<
+    Vec<(
+        u32,
+        std::sync::Arc<std::sync::Mutex<super::forward::Workspace>>,
+    )>,
+>;
 
 impl GpuModel {
     pub fn config(&self) -> &ModelConfig {
@@ -204,6 +213,7 @@ impl Engine {
                 .transpose()?,
             final_qg: self.upload_query("final_res", &w.final_res)?,
             dummy: self.upload_values("dummy", &[0.0; 4])?,
+            workspaces: Default::default(),
         })
     }
 }

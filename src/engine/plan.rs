@@ -74,23 +74,16 @@ impl Plan {
         self.dispatches.iter().map(|d| d.kernel).collect()
     }
 
-    /// Record every dispatch, in order, into one compute pass of `encoder`; with `timestamps`
-    /// (profiling), one pass per dispatch writing its begin/end at `2i`, `2i + 1`.
-    pub fn record(
-        &self,
-        device: &wgpu::Device,
-        kernels: &Kernels,
-        encoder: &mut wgpu::CommandEncoder,
-        timestamps: Option<&wgpu::QuerySet>,
-    ) {
+    /// Create the parameter buffer and every bind group: what is reusable across submissions.
+    pub fn build(self, device: &wgpu::Device, kernels: &Kernels) -> Recorded {
         let params = device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
             label: Some("params"),
             contents: &self.params,
             usage: wgpu::BufferUsages::UNIFORM,
         });
-        let bind_groups: Vec<wgpu::BindGroup> = self
+        let dispatches = self
             .dispatches
-            .iter()
+            .into_iter()
             .map(|d| {
                 let kernel = kernels.get(d.kernel);
                 let mut entries = vec![wgpu::BindGroupEntry {
@@ -107,26 +100,61 @@ impl Plan {
                         resource: b.as_entire_binding(),
                     });
                 }
-                device.create_bind_group(&wgpu::BindGroupDescriptor {
+                let bind_group = device.create_bind_group(&wgpu::BindGroupDescriptor {
                     label: Some(kernel.name),
                     layout: &kernel.layout,
                     entries: &entries,
-                })
+                });
+                (d.kernel, bind_group, d.params_offset, d.groups)
             })
             .collect();
+        Recorded {
+            _params: params,
+            dispatches,
+        }
+    }
+
+    /// Build and encode in one go (one-off plans).
+    pub fn record(
+        self,
+        device: &wgpu::Device,
+        kernels: &Kernels,
+        encoder: &mut wgpu::CommandEncoder,
+        timestamps: Option<&wgpu::QuerySet>,
+    ) {
+        self.build(device, kernels)
+            .encode(kernels, encoder, timestamps);
+    }
+}
+
+/// A built plan: bind groups and parameters ready to encode any number of times.
+pub struct Recorded {
+    _params: wgpu::Buffer,
+    dispatches: Vec<(KernelId, wgpu::BindGroup, u32, [u32; 3])>,
+}
+
+impl Recorded {
+    /// Encode every dispatch, in order, into one compute pass; with `timestamps` (profiling),
+    /// one pass per dispatch writing its begin/end at `2i`, `2i + 1`.
+    pub fn encode(
+        &self,
+        kernels: &Kernels,
+        encoder: &mut wgpu::CommandEncoder,
+        timestamps: Option<&wgpu::QuerySet>,
+    ) {
         if let Some(query_set) = timestamps {
-            for (i, (d, bg)) in self.dispatches.iter().zip(&bind_groups).enumerate() {
+            for (i, (kernel, bg, offset, groups)) in self.dispatches.iter().enumerate() {
                 let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
-                    label: Some(kernels.get(d.kernel).name),
+                    label: Some(kernels.get(*kernel).name),
                     timestamp_writes: Some(wgpu::ComputePassTimestampWrites {
                         query_set,
                         beginning_of_pass_write_index: Some(2 * i as u32),
                         end_of_pass_write_index: Some(2 * i as u32 + 1),
                     }),
                 });
-                pass.set_pipeline(&kernels.get(d.kernel).pipeline);
-                pass.set_bind_group(0, bg, &[d.params_offset]);
-                pass.dispatch_workgroups(d.groups[0], d.groups[1], d.groups[2]);
+                pass.set_pipeline(&kernels.get(*kernel).pipeline);
+                pass.set_bind_group(0, bg, &[*offset]);
+                pass.dispatch_workgroups(groups[0], groups[1], groups[2]);
             }
             return;
         }
@@ -134,10 +162,10 @@ impl Plan {
             label: Some("forward"),
             timestamp_writes: None,
         });
-        for (d, bg) in self.dispatches.iter().zip(&bind_groups) {
-            pass.set_pipeline(&kernels.get(d.kernel).pipeline);
-            pass.set_bind_group(0, bg, &[d.params_offset]);
-            pass.dispatch_workgroups(d.groups[0], d.groups[1], d.groups[2]);
+        for (kernel, bg, offset, groups) in &self.dispatches {
+            pass.set_pipeline(&kernels.get(*kernel).pipeline);
+            pass.set_bind_group(0, bg, &[*offset]);
+            pass.dispatch_workgroups(groups[0], groups[1], groups[2]);
         }
     }
 }
