@@ -180,3 +180,72 @@ fn main_large(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_in
     write_row(r + 66u, cc, c_base, c60, c61);
     write_row(r + 67u, cc, c_base, c70, c71);
 }
+
+// ---- Small-tile variant in registers: TILE_M x TILE_N = 64 x 64 (WG_X = WG_Y = 16), each thread
+// a 4 x 4 block (rows 4ty.., columns 4tx..) as four named vec4 accumulators; BK-deep slices.
+
+var<workgroup> sa: array<vec4<f32>, BK * TILE_M / 4u>; // [k][m / 4]
+var<workgroup> sb: array<vec4<f32>, BK * TILE_N / 4u>; // [k][n / 4]
+
+fn write_row4(row: u32, col0: u32, c_base: u32, v: vec4<f32>) {
+    if (row >= p.m) { return; }
+    for (var j = 0u; j < 4u; j++) {
+        let col = col0 + j;
+        if (col >= p.n) { continue; }
+        var x = p.alpha * v[j];
+        if (p.has_bias != 0u) { x += bias[p.bias_off + col]; }
+        let idx = c_base + row * p.c_rs + col;
+        if (p.accumulate != 0u) { x += c[idx]; }
+        c[idx] = x;
+    }
+}
+
+@compute @workgroup_size(WG_X, WG_Y, 1)
+fn main_small(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32,
+              @builtin(local_invocation_id) l: vec3<u32>) {
+    let batch = wg.z;
+    let row0 = wg.y * TILE_M;
+    let col0 = wg.x * TILE_N;
+    let a_base = p.a_off + batch * p.a_bstride;
+    let b_base = p.b_off + (batch / p.b_group) * p.b_bstride;
+    var c0 = vec4<f32>(0.0); var c1 = vec4<f32>(0.0); var c2 = vec4<f32>(0.0); var c3 = vec4<f32>(0.0);
+    for (var k0 = 0u; k0 < p.k; k0 += BK) {
+        for (var e = lid; e < BK * TILE_M; e += THREADS) {
+            let mm = e / BK;
+            let kk = e % BK;
+            let row = row0 + mm;
+            let kx = k0 + kk;
+            var v = 0.0;
+            if (row < p.m && kx < p.k) { v = a[a_base + row * p.a_rs + kx]; }
+            let idx = kk * TILE_M + mm;
+            sa[idx / 4u][idx % 4u] = v;
+        }
+        for (var e = lid; e < BK * TILE_N; e += THREADS) {
+            var kk: u32; var nn: u32;
+            if (p.b_sk == 1u) { nn = e / BK; kk = e % BK; } else { kk = e / TILE_N; nn = e % TILE_N; }
+            let col = col0 + nn;
+            let kx = k0 + kk;
+            var v = 0.0;
+            if (col < p.n && kx < p.k) { v = b[b_base + kx * p.b_sk + col * p.b_sn]; }
+            let idx = kk * TILE_N + nn;
+            sb[idx / 4u][idx % 4u] = v;
+        }
+        workgroupBarrier();
+        for (var kk = 0u; kk < BK; kk++) {
+            let av = sa[kk * (TILE_M / 4u) + l.y];
+            let bv = sb[kk * (TILE_N / 4u) + l.x];
+            c0 = fma(vec4<f32>(av.x), bv, c0);
+            c1 = fma(vec4<f32>(av.y), bv, c1);
+            c2 = fma(vec4<f32>(av.z), bv, c2);
+            c3 = fma(vec4<f32>(av.w), bv, c3);
+        }
+        workgroupBarrier();
+    }
+    let c_base = p.c_off + batch * p.c_bstride;
+    let r = row0 + l.y * 4u;
+    let cc = col0 + l.x * 4u;
+    write_row4(r, cc, c_base, c0);
+    write_row4(r + 1u, cc, c_base, c1);
+    write_row4(r + 2u, cc, c_base, c2);
+    write_row4(r + 3u, cc, c_base, c3);
+}

@@ -10,6 +10,8 @@ pub const MATMUL_SMALL: GemmTile = GemmTile { tile: 64, bk: 16 };
 /// Short prompts (M <= 64 rows): 16 x 32 tiles, 2 outputs per thread, so that a 64-token GEMM
 /// still spreads over dozens of workgroups.
 pub const MATMUL_SKINNY: (u32, u32) = (16, 32);
+/// Deep K slices for the skinny tile: fewer barrier rounds, which is what short prompts wait on.
+const SKINNY_BK: u32 = 64;
 pub const MATMUL_LARGE: GemmTile = GemmTile { tile: 128, bk: 8 };
 pub const MATMUL_WG: u32 = 16;
 
@@ -77,7 +79,7 @@ const MATMUL_CONSTS: &[(&str, u32)] = &[
 const SKINNY_CONSTS: &[(&str, u32)] = &[
     ("TILE_M", MATMUL_SKINNY.0),
     ("TILE_N", MATMUL_SKINNY.1),
-    ("BK", MATMUL_SMALL.bk),
+    ("BK", SKINNY_BK),
     ("WG_X", MATMUL_WG),
     ("WG_Y", MATMUL_WG),
     ("LT", MATMUL_LARGE.tile),
@@ -123,7 +125,7 @@ pub const KERNELS: &[KernelSpec] = &[
     spec(
         "matmul",
         MATMUL,
-        "main",
+        "main_small",
         MATMUL_CONSTS,
         false,
         &[Read, Read, Read, ReadWrite],
