@@ -228,6 +228,7 @@ fn gemm_kernels_match_at_odd_sizes_on_fresh_random_inputs() {
         (13, 300, 77),
         (257, 513, 129),
         (1031, 1029, 37),
+        (700, 900, 19),
     ] {
         let variant = depthlens::engine::kernels::gemm_variant(m as u32, n as u32).0;
         let a: Vec<f32> = (0..m * k).map(|_| rng.normal() as f32).collect();

@@ -21,21 +21,27 @@ pub struct GemmTile {
     pub bk: u32,
 }
 
+/// Mid-size outputs that would give the 64-tile fewer workgroups than a GPU has multiprocessors:
+/// 32 x 32 tiles, 2 x 2 outputs per thread.
+pub const MATMUL_MID: (u32, u32) = (32, 32);
+
 /// The GEMM variant for an `M x N` output and its (rows, columns) tile: skinny for few rows, the
-/// large tile once it still yields enough workgroups, the small one otherwise.
+/// large tile once it still yields enough workgroups, the 64-tile where that fills the GPU, the
+/// 32-tile otherwise.
 pub fn gemm_variant(m: u32, n: u32) -> (KernelId, (u32, u32)) {
+    let tiles = |t: u32| u64::from(m.div_ceil(t)) * u64::from(n.div_ceil(t));
     if m <= 64 {
         (KernelId::MatmulSkinny, MATMUL_SKINNY)
-    } else if m >= 256 && n >= 256 && u64::from(m.div_ceil(128)) * u64::from(n.div_ceil(128)) >= 64
-    {
-        (
-            KernelId::MatmulLarge,
-            (MATMUL_LARGE.tile, MATMUL_LARGE.tile),
-        )
-    } else {
+    } else if m >= 256 && n >= 256 && tiles(MATMUL_LARGE.tile) >= 64 {
+        let t = MATMUL_LARGE.tile;
+        (KernelId::MatmulLarge, (t, t))
+    } else if tiles(MATMUL_SMALL.tile) >= 128 {
         (KernelId::Matmul, (MATMUL_SMALL.tile, MATMUL_SMALL.tile))
+    } else {
+        (KernelId::MatmulMid, MATMUL_MID)
     }
 }
+
 /// Threads per workgroup of the row-wise and elementwise kernels (a power of two).
 pub const ROW_WG: u32 = 256;
 /// Most sources one depth op can attend over.
@@ -70,6 +76,15 @@ const ROW: &[(&str, u32)] = &[("WG", ROW_WG)];
 const MATMUL_CONSTS: &[(&str, u32)] = &[
     ("TILE_M", MATMUL_SMALL.tile),
     ("TILE_N", MATMUL_SMALL.tile),
+    ("BK", MATMUL_SMALL.bk),
+    ("WG_X", MATMUL_WG),
+    ("WG_Y", MATMUL_WG),
+    ("LT", MATMUL_LARGE.tile),
+    ("LBK", MATMUL_LARGE.bk),
+];
+const MID_CONSTS: &[(&str, u32)] = &[
+    ("TILE_M", MATMUL_MID.0),
+    ("TILE_N", MATMUL_MID.1),
     ("BK", MATMUL_SMALL.bk),
     ("WG_X", MATMUL_WG),
     ("WG_Y", MATMUL_WG),
@@ -127,6 +142,14 @@ pub const KERNELS: &[KernelSpec] = &[
         MATMUL,
         "main_small",
         MATMUL_CONSTS,
+        false,
+        &[Read, Read, Read, ReadWrite],
+    ),
+    spec(
+        "matmul_mid",
+        MATMUL,
+        "main",
+        MID_CONSTS,
         false,
         &[Read, Read, Read, ReadWrite],
     ),
@@ -327,6 +350,7 @@ pub fn build(device: &wgpu::Device, spec: &KernelSpec) -> Kernel {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum KernelId {
     Matmul,
+    MatmulMid,
     MatmulSkinny,
     MatmulLarge,
     Norm,
