@@ -42,6 +42,9 @@ pub struct TraceArgs {
     /// Write the Trace JSON here instead of stdout.
     #[arg(long)]
     pub out: Option<PathBuf>,
+    /// Also write the depth-profile figure (SVG, PNG), its data (CSV) and the Trace (JSON) here.
+    #[arg(long, value_name = "DIR")]
+    pub export: Option<PathBuf>,
     /// Print a per-op table (RMS, strongest depth weights of the last token) instead of JSON on
     /// stdout (with --out, the JSON still goes to the file).
     #[arg(long)]
@@ -159,6 +162,21 @@ pub fn run(args: TraceArgs) -> anyhow::Result<ExitCode> {
         Some(engine) => gpu_trace(engine, &ckpt, &input, opts.logits),
     }
     .with_context(|| format!("cannot trace {}", args.checkpoint.display()))?;
+    if let Some(dir) = &args.export {
+        let name = args
+            .checkpoint
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let title = format!(
+            "Depth profile of {name} ({} tokens, {})",
+            trace.tokens.len(),
+            trace.device
+        );
+        for path in crate::export::export_all(&trace, &title, dir)? {
+            eprintln!("wrote {}", path.display());
+        }
+    }
     let json = serde_json::to_string(&trace)?;
     if args.summary {
         print_summary(&trace);
