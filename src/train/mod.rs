@@ -73,7 +73,7 @@ pub struct TrainSpec {
 impl TrainSpec {
     /// The model this run trains (a `llama` baseline or an `attnres` model), tied embeddings.
     pub fn model_config(&self, vocab_size: usize) -> Result<ModelConfig, Error> {
-        if self.dim % self.heads != 0 || self.heads % self.kv_heads != 0 {
+        if !self.dim.is_multiple_of(self.heads) || !self.heads.is_multiple_of(self.kv_heads) {
             return Err(Error::Invalid(format!(
                 "--dim {} must be a multiple of --heads {}, and --heads of --kv-heads {}",
                 self.dim, self.heads, self.kv_heads
