@@ -3,5 +3,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-# Two cores: two test binaries at a time, each test single-threaded inside candle where it matters.
+# The SmolLM2 GGUF that tests/gguf.rs needs (cached in .cache/, never in git); those tests fail
+# without it.
+bash scripts/fetch-smollm2.sh >/dev/null
 cargo test --all-targets "$@"
