@@ -9,5 +9,5 @@ model=assets/demo/block.safetensors
 prompt="${1:-To be, or not to be, that is the question:}"
 "$bin" inspect "$model"
 echo
-"$bin" trace "$model" --prompt "$prompt" --grads --summary --out trace.json
-echo "full Trace (JSON): trace.json"
+"$bin" trace "$model" --prompt "$prompt" --grads --summary --export out/demo
+echo "figure, data and full Trace: out/demo/ (depth_profile.svg/.png/.csv, trace.json)"
