@@ -6,4 +6,8 @@ bash scripts/setup.sh
 # The SmolLM2 GGUF that tests/gguf.rs needs (cached in .cache/, never in git); those tests fail
 # without it.
 bash scripts/fetch-smollm2.sh >/dev/null
+# wgpu's Vulkan loader complains without a runtime dir (CI runs as root with none).
+if [ -z "${XDG_RUNTIME_DIR:-}" ]; then
+  export XDG_RUNTIME_DIR; XDG_RUNTIME_DIR=$(mktemp -d)
+fi
 cargo test --all-targets "$@"

@@ -119,7 +119,9 @@ impl Engine {
 
     /// Largest storage buffer this device can bind.
     pub(crate) fn max_binding(&self) -> u64 {
-        self.limits.max_storage_buffer_binding_size.min(self.limits.max_buffer_size)
+        self.limits
+            .max_storage_buffer_binding_size
+            .min(self.limits.max_buffer_size)
     }
 
     pub(crate) fn check_size(&self, what: &str, bytes: u64, hint: &str) -> Result<(), Error> {
