@@ -11,7 +11,7 @@ use super::plan::{elementwise_groups, row_groups, Plan, Recorded};
 use super::{Engine, Error};
 use crate::model::{Activation, AttnResMode, NormKind, TextTokenizer, Token};
 use crate::reference::forward::op_name;
-use crate::reference::ops::rope_inv_freq;
+use crate::reference::ops::rope_half_tables;
 use crate::trace::{
     DepthOp, Mixing, ModelSummary, OpKind, Prediction, Trace, TRACE_SCHEMA_VERSION,
 };
@@ -514,19 +514,13 @@ impl Engine {
         let stats_len = cursor;
         let head_len = t * (2 * TOP_K + 1);
 
-        let (cos, sin) = match &cfg.rope {
+        let (cos, sin): (Vec<f32>, Vec<f32>) = match &cfg.rope {
             Some(rope) => {
-                let inv = rope_inv_freq(rope, cfg.head_dim);
-                let mut c = Vec::with_capacity(t as usize * inv.len());
-                let mut s = Vec::with_capacity(t as usize * inv.len());
-                for pos in 0..t {
-                    for f in &inv {
-                        let angle = pos as f64 * f;
-                        c.push(angle.cos() as f32);
-                        s.push(angle.sin() as f32);
-                    }
-                }
-                (c, s)
+                let (c, s) = rope_half_tables(rope, cfg.head_dim, t as usize);
+                (
+                    c.iter().map(|&v| v as f32).collect(),
+                    s.iter().map(|&v| v as f32).collect(),
+                )
             }
             None => (vec![0.0], vec![0.0]),
         };

@@ -97,6 +97,14 @@ pub fn rope_inv_freq(rope: &Rope, head_dim: usize) -> Vec<f64> {
         .collect()
 }
 
+/// `cos` and `sin` of every position's RoPE angles, `[T, head_dim / 2]` row-major, in f64: the one
+/// place angles are computed (the reference repeats each half; the GPU engine uploads them).
+pub fn rope_half_tables(rope: &Rope, head_dim: usize, positions: usize) -> (Vec<f64>, Vec<f64>) {
+    let inv = rope_inv_freq(rope, head_dim);
+    let angles = (0..positions).flat_map(|t| inv.iter().map(move |f| t as f64 * f));
+    angles.map(|a| (a.cos(), a.sin())).unzip()
+}
+
 /// `cos` and `sin` tables `[T, head_dim]` (each half repeated, for rotate-half RoPE).
 pub fn rope_tables(
     rope: &Rope,
@@ -104,22 +112,15 @@ pub fn rope_tables(
     positions: usize,
     dtype: DType,
 ) -> Result<(Tensor, Tensor)> {
-    let inv = rope_inv_freq(rope, head_dim);
-    let mut cos = Vec::with_capacity(positions * head_dim);
-    let mut sin = Vec::with_capacity(positions * head_dim);
-    for t in 0..positions {
-        for _ in 0..2 {
-            for f in &inv {
-                let angle = t as f64 * f;
-                cos.push(angle.cos());
-                sin.push(angle.sin());
-            }
-        }
-    }
-    Ok((
-        Tensor::from_vec(cos, (positions, head_dim), &Device::Cpu)?.to_dtype(dtype)?,
-        Tensor::from_vec(sin, (positions, head_dim), &Device::Cpu)?.to_dtype(dtype)?,
-    ))
+    let (cos, sin) = rope_half_tables(rope, head_dim, positions);
+    let full = |half: Vec<f64>| -> Result<Tensor> {
+        let rows: Vec<f64> = half
+            .chunks(head_dim / 2)
+            .flat_map(|r| r.iter().chain(r).copied())
+            .collect();
+        Tensor::from_vec(rows, (positions, head_dim), &Device::Cpu)?.to_dtype(dtype)
+    };
+    Ok((full(cos)?, full(sin)?))
 }
 
 /// Rotate-half RoPE on `[H, T, hd]`: `x cos + rotate_half(x) sin`.
