@@ -30,6 +30,22 @@ impl TrainObserver for StopAt<'_> {
     fn note(&self, _message: &str) {}
 }
 
+/// Train byte-level `data` with `spec`, stopping as Ctrl-C would once `stop_at` steps are done.
+fn run(
+    spec: &TrainSpec,
+    data: &Data,
+    out: &Outputs,
+    resume: bool,
+    stop_at: usize,
+) -> train::Summary {
+    let flag = AtomicBool::new(false);
+    let observer = StopAt {
+        stop_at,
+        flag: &flag,
+    };
+    train::train(spec, data, 256, out, resume, &flag, &observer).unwrap()
+}
+
 fn tiny_spec(arch: Arch, steps: usize) -> TrainSpec {
     TrainSpec {
         arch,
@@ -75,21 +91,13 @@ fn training_a_tiny_model_for_a_few_steps_lowers_the_loss() {
         let dir = tempfile::tempdir().unwrap();
         let data = byte_data();
         let spec = tiny_spec(arch, 30);
-        let never = AtomicBool::new(false);
-        let obs = StopAt {
-            stop_at: usize::MAX,
-            flag: &never,
-        };
-        let summary = train::train(
+        let summary = run(
             &spec,
             &data,
-            256,
             &outputs(dir.path(), "m.safetensors"),
             false,
-            &never,
-            &obs,
-        )
-        .unwrap();
+            usize::MAX,
+        );
         let first = summary.log.first().unwrap();
         let last = summary.log.last().unwrap();
         assert_eq!(first.step, 1);
@@ -135,21 +143,13 @@ fn attnres_training_starts_from_zero_queries_and_learns_non_uniform_depth_weight
         .to_scalar::<f32>()
         .unwrap();
     assert_eq!(zero, 0.0, "the report initialises pseudo-queries to zero");
-    let never = AtomicBool::new(false);
-    let obs = StopAt {
-        stop_at: usize::MAX,
-        flag: &never,
-    };
-    train::train(
+    run(
         &spec,
         &byte_data(),
-        256,
         &outputs(dir.path(), "m.safetensors"),
         false,
-        &never,
-        &obs,
-    )
-    .unwrap();
+        usize::MAX,
+    );
     let ckpt = Checkpoint::open(&dir.path().join("m.safetensors"), &Silent).unwrap();
     let trace = reference::trace(
         &ckpt,
@@ -173,57 +173,18 @@ fn an_interrupted_run_resumes_exactly_where_it_stopped() {
     let dir = tempfile::tempdir().unwrap();
     let data = byte_data();
     let spec = tiny_spec(Arch::Block { block_size: 2 }, 8);
-    let never = AtomicBool::new(false);
     let straight = outputs(dir.path(), "straight.safetensors");
-    train::train(
-        &spec,
-        &data,
-        256,
-        &straight,
-        false,
-        &never,
-        &StopAt {
-            stop_at: usize::MAX,
-            flag: &never,
-        },
-    )
-    .unwrap();
+    run(&spec, &data, &straight, false, usize::MAX);
 
     let split = outputs(dir.path(), "split.safetensors");
-    let flag = AtomicBool::new(false);
-    let first = train::train(
-        &spec,
-        &data,
-        256,
-        &split,
-        false,
-        &flag,
-        &StopAt {
-            stop_at: 3,
-            flag: &flag,
-        },
-    )
-    .unwrap();
+    let first = run(&spec, &data, &split, false, 3);
     assert!(first.interrupted);
     assert_eq!(first.steps_done, 3);
     assert!(
         split.checkpoint.is_file(),
         "an interrupted run still saves its checkpoint"
     );
-    let again = AtomicBool::new(false);
-    let rest = train::train(
-        &spec,
-        &data,
-        256,
-        &split,
-        true,
-        &again,
-        &StopAt {
-            stop_at: usize::MAX,
-            flag: &again,
-        },
-    )
-    .unwrap();
+    let rest = run(&spec, &data, &split, true, usize::MAX);
     assert_eq!(rest.steps_done, 8);
 
     let a = std::fs::read(&straight.checkpoint).unwrap();
@@ -247,21 +208,14 @@ fn an_interrupted_run_resumes_exactly_where_it_stopped() {
 #[test]
 fn a_trained_checkpoint_reloads_to_the_identical_trace() {
     let dir = tempfile::tempdir().unwrap();
-    let never = AtomicBool::new(false);
     let out = outputs(dir.path(), "m.safetensors");
-    train::train(
+    run(
         &tiny_spec(Arch::Block { block_size: 3 }, 4),
         &byte_data(),
-        256,
         &out,
         false,
-        &never,
-        &StopAt {
-            stop_at: usize::MAX,
-            flag: &never,
-        },
-    )
-    .unwrap();
+        usize::MAX,
+    );
     let copy = dir.path().join("copy.safetensors");
     std::fs::copy(&out.checkpoint, &copy).unwrap();
     let opts = TraceOptions {
