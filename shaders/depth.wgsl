@@ -5,7 +5,7 @@
 //                                 computed once when the source is written)
 //   mode 0 (PreNorm baseline):    alpha_i = 1, h = v_0 + v_1 + ... (summed in source order)
 // and the op's Trace statistics: alpha, shares_i = alpha_i <v_i, h> / <h, h>, source RMS, hidden
-// RMS. The source loop is serial (n <= MAX_SOURCES), the d loop spread over WG threads.
+// RMS. The d loop is spread over WG threads, the sources scored in chunks of CH.
 
 struct Params {
     t: u32, d: u32, n: u32, mode: u32,
@@ -22,9 +22,30 @@ struct Params {
 @group(0) @binding(5) var<storage, read_write> stats: array<f32>;
 
 var<workgroup> weight: array<f32, MAX_SOURCES>;
+// Sources are scored CH at a time: one tree reduction serves CH dot products, so an op over n
+// sources waits on ceil(n / CH) reductions, not n (barrier latency is what this kernel spends).
+const CH: u32 = 8u;
+var<workgroup> chunk: array<f32, CH * WG>;
 
 fn source_base(i: u32, t: u32) -> u32 {
     return (slots[p.list_off + i] * p.t + t) * p.d;
+}
+
+// Sums each of `part`'s CH values over the workgroup; the totals land in chunk[c * WG].
+// Every thread must call it; the caller reads the totals, then barriers before the next call.
+fn chunk_sums(lid: u32, part: array<f32, CH>) {
+    for (var c = 0u; c < CH; c++) { chunk[c * WG + lid] = part[c]; }
+    workgroupBarrier();
+    for (var s = WG / 2u; s > 0u; s >>= 1u) {
+        if (lid < s) {
+            for (var c = 0u; c < CH; c++) { chunk[c * WG + lid] += chunk[c * WG + lid + s]; }
+        }
+        workgroupBarrier();
+    }
+}
+
+fn mean_square(i: u32, t: u32) -> f32 {
+    return stats[p.ms_off + slots[p.list_off + i] * p.t + t];
 }
 
 @compute @workgroup_size(WG)
@@ -32,17 +53,21 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
     let t = wg.x + wg.y * 65535u;
     if (t >= p.t) { return; }
     if (p.mode == 1u) {
-        for (var i = 0u; i < p.n; i++) {
-            let base = source_base(i, t);
-            var dot = 0.0;
-            for (var j = lid; j < p.d; j += WG) { dot += src[base + j] * qg[p.q_off + j]; }
-            dot = workgroup_sum(lid, dot);
-            if (lid == 0u) {
-                let ms = stats[p.ms_off + slots[p.list_off + i] * p.t + t];
-                weight[i] = dot / sqrt(ms + p.eps);
+        for (var i0 = 0u; i0 < p.n; i0 += CH) {
+            var part: array<f32, CH>;
+            for (var c = 0u; c < CH; c++) {
+                part[c] = 0.0;
+                if (i0 + c < p.n) {
+                    let base = source_base(i0 + c, t);
+                    for (var j = lid; j < p.d; j += WG) { part[c] += src[base + j] * qg[p.q_off + j]; }
+                }
             }
+            chunk_sums(lid, part);
+            if (lid < CH && i0 + lid < p.n) {
+                weight[i0 + lid] = chunk[lid * WG] / sqrt(mean_square(i0 + lid, t) + p.eps);
+            }
+            workgroupBarrier();
         }
-        workgroupBarrier();
         if (lid == 0u) {
             var m = -3.0e38;
             for (var i = 0u; i < p.n; i++) { m = max(m, weight[i]); }
@@ -68,17 +93,24 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
     }
     hh = workgroup_sum(lid, hh);
     // Shares need <v_i, h>: read h back from this thread's own writes (same j stride).
-    for (var i = 0u; i < p.n; i++) {
-        let base = source_base(i, t);
-        var dot = 0.0;
-        for (var j = lid; j < p.d; j += WG) { dot += src[base + j] * h[hb + j]; }
-        dot = workgroup_sum(lid, dot);
-        if (lid == 0u) {
+    for (var i0 = 0u; i0 < p.n; i0 += CH) {
+        var part: array<f32, CH>;
+        for (var c = 0u; c < CH; c++) {
+            part[c] = 0.0;
+            if (i0 + c < p.n) {
+                let base = source_base(i0 + c, t);
+                for (var j = lid; j < p.d; j += WG) { part[c] += src[base + j] * h[hb + j]; }
+            }
+        }
+        chunk_sums(lid, part);
+        if (lid < CH && i0 + lid < p.n) {
+            let i = i0 + lid;
             let row = t * p.n + i;
             stats[p.alpha_off + row] = weight[i];
-            stats[p.shares_off + row] = weight[i] * dot / max(hh, 1.1754944e-38);
-            stats[p.src_rms_off + row] = sqrt(stats[p.ms_off + slots[p.list_off + i] * p.t + t]);
+            stats[p.shares_off + row] = weight[i] * chunk[lid * WG] / max(hh, 1.1754944e-38);
+            stats[p.src_rms_off + row] = sqrt(mean_square(i, t));
         }
+        workgroupBarrier();
     }
     if (lid == 0u) { stats[p.hidden_rms_off + t] = sqrt(hh / f32(p.d)); }
 }

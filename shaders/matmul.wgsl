@@ -1,4 +1,5 @@
-// Batched, strided GEMM: C[b] = alpha * A[b] * B[b / b_group] (+ bias) (+ C[b] if accumulate).
+// Batched, strided GEMM (three entry points: `main`, any layout; `gemm_nt`, the fast path for
+// k-contiguous, 16-byte-aligned operands with optional split-K; `splitk_reduce`, its second pass): C[b] = alpha * A[b] * B[b / b_group] (+ bias) (+ C[b] if accumulate).
 //   A(i, k) = a[a_off + b * a_bstride + i * a_rs + k]              (rows of A are k-contiguous)
 //   B(k, n) = b[b_off + (b / b_group) * b_bstride + k * b_sk + n * b_sn]
 //             (weights stored [out, in] are B with b_sk = 1, b_sn = in; V in P*V has b_sn = 1)
@@ -14,7 +15,8 @@ struct Params {
     a_off: u32, a_bstride: u32, a_rs: u32, has_bias: u32,
     b_off: u32, b_bstride: u32, b_sk: u32, b_sn: u32,
     c_off: u32, c_bstride: u32, c_rs: u32, accumulate: u32,
-    bias_off: u32, alpha: f32, _p0: u32, _p1: u32,
+    bias_off: u32, alpha: f32, splits: u32, k_chunk: u32,
+    split_stride: u32, batches: u32, _p0: u32, _p1: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -179,4 +181,295 @@ fn main_large(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_in
     write_row(r + 65u, cc, c_base, c50, c51);
     write_row(r + 66u, cc, c_base, c60, c61);
     write_row(r + 67u, cc, c_base, c70, c71);
+}
+
+// ---- NT fast path: both A rows and B rows k-contiguous (B is a weight stored [out, in]), K and
+// every offset and row stride a multiple of 4, so slices load as vec4. A workgroup computes a
+// GBM x GBN tile with (GBN / GTN) x (GBM / GTM) threads of GTM x GTN outputs. Thread (x, y) owns
+// rows y + i * GWY and columns x + j * GWX: its workgroup-memory reads are whole vec4s along k,
+// broadcast for A and, for B, spread over banks by padding each staged row to GKQ + 1 vec4s.
+// The next GBK-deep slice is loaded into registers while the current one is multiplied.
+// Split-K (p.splits > 1): workgroup z = batch * splits + split covers k in
+// [split * k_chunk, (split + 1) * k_chunk) and writes raw partial sums to
+// c[split * split_stride + (batch * m + row) * n + col] (c is then the partials buffer);
+// `splitk_reduce` sums them in split order, so results do not depend on scheduling.
+// GBM, GBN, GBK, GTM, GTN are prepended by engine/kernels.rs.
+
+@group(0) @binding(5) var<storage, read> a4: array<vec4<f32>>;
+@group(0) @binding(6) var<storage, read> b4: array<vec4<f32>>;
+
+const GKQ: u32 = GBK / 4u;
+const GPAD: u32 = GKQ + 1u;
+const GWX: u32 = GBN / GTN;
+const GWY: u32 = GBM / GTM;
+const GTHREADS: u32 = GWX * GWY;
+const GLOAD_A: u32 = GBM * GKQ / GTHREADS; // whole: checked in engine/kernels.rs
+const GLOAD_B: u32 = GBN * GKQ / GTHREADS;
+
+var<workgroup> sa: array<vec4<f32>, GBM * GPAD>; // [m][k / 4], padded
+var<workgroup> sb: array<vec4<f32>, GBN * GPAD>; // [n][k / 4], padded
+
+@compute @workgroup_size(GWX, GWY, 1)
+fn gemm_nt(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32,
+           @builtin(local_invocation_id) l: vec3<u32>) {
+    let batch = wg.z / p.splits;
+    let split = wg.z % p.splits;
+    let k_begin = split * p.k_chunk;
+    let k_end = min(p.k, k_begin + p.k_chunk);
+    let row0 = wg.y * GBM;
+    let col0 = wg.x * GBN;
+    let a_base = (p.a_off + batch * p.a_bstride) / 4u;
+    let b_base = (p.b_off + (batch / p.b_group) * p.b_bstride) / 4u;
+    let a_rs4 = p.a_rs / 4u;
+    let b_rs4 = p.b_sn / 4u;
+
+    var ra: array<vec4<f32>, GLOAD_A>;
+    var rb: array<vec4<f32>, GLOAD_B>;
+    var acc: array<array<f32, GTN>, GTM>;
+    for (var i = 0u; i < GTM; i++) { for (var j = 0u; j < GTN; j++) { acc[i][j] = 0.0; } }
+
+    // Slice at k_begin into registers.
+    for (var s = 0u; s < GLOAD_A; s++) {
+        let e = lid + s * GTHREADS;
+        let row = row0 + e / GKQ;
+        let kx = k_begin + (e % GKQ) * 4u;
+        var v = vec4<f32>(0.0);
+        if (row < p.m && kx < k_end) { v = a4[a_base + row * a_rs4 + kx / 4u]; }
+        ra[s] = v;
+    }
+    for (var s = 0u; s < GLOAD_B; s++) {
+        let e = lid + s * GTHREADS;
+        let col = col0 + e / GKQ;
+        let kx = k_begin + (e % GKQ) * 4u;
+        var v = vec4<f32>(0.0);
+        if (col < p.n && kx < k_end) { v = b4[b_base + col * b_rs4 + kx / 4u]; }
+        rb[s] = v;
+    }
+
+    for (var k0 = k_begin; k0 < k_end; k0 += GBK) {
+        for (var s = 0u; s < GLOAD_A; s++) {
+            let e = lid + s * GTHREADS;
+            sa[(e / GKQ) * GPAD + e % GKQ] = ra[s];
+        }
+        for (var s = 0u; s < GLOAD_B; s++) {
+            let e = lid + s * GTHREADS;
+            sb[(e / GKQ) * GPAD + e % GKQ] = rb[s];
+        }
+        workgroupBarrier();
+        let k1 = k0 + GBK;
+        if (k1 < k_end) {
+            for (var s = 0u; s < GLOAD_A; s++) {
+                let e = lid + s * GTHREADS;
+                let row = row0 + e / GKQ;
+                let kx = k1 + (e % GKQ) * 4u;
+                var v = vec4<f32>(0.0);
+                if (row < p.m && kx < k_end) { v = a4[a_base + row * a_rs4 + kx / 4u]; }
+                ra[s] = v;
+            }
+            for (var s = 0u; s < GLOAD_B; s++) {
+                let e = lid + s * GTHREADS;
+                let col = col0 + e / GKQ;
+                let kx = k1 + (e % GKQ) * 4u;
+                var v = vec4<f32>(0.0);
+                if (col < p.n && kx < k_end) { v = b4[b_base + col * b_rs4 + kx / 4u]; }
+                rb[s] = v;
+            }
+        }
+        for (var kq = 0u; kq < GKQ; kq++) {
+            var av: array<vec4<f32>, GTM>;
+            var bv: array<vec4<f32>, GTN>;
+            for (var i = 0u; i < GTM; i++) { av[i] = sa[(l.y + i * GWY) * GPAD + kq]; }
+            for (var j = 0u; j < GTN; j++) { bv[j] = sb[(l.x + j * GWX) * GPAD + kq]; }
+            for (var i = 0u; i < GTM; i++) {
+                for (var j = 0u; j < GTN; j++) {
+                    let x = av[i];
+                    let y = bv[j];
+                    acc[i][j] = fma(x.w, y.w, fma(x.z, y.z, fma(x.y, y.y, fma(x.x, y.x, acc[i][j]))));
+                }
+            }
+        }
+        workgroupBarrier();
+    }
+
+    if (p.splits > 1u) {
+        let part = split * p.split_stride + batch * p.m * p.n;
+        for (var i = 0u; i < GTM; i++) {
+            let row = row0 + l.y + i * GWY;
+            if (row >= p.m) { continue; }
+            for (var j = 0u; j < GTN; j++) {
+                let col = col0 + l.x + j * GWX;
+                if (col < p.n) { c[part + row * p.n + col] = acc[i][j]; }
+            }
+        }
+        return;
+    }
+    let c_base = p.c_off + batch * p.c_bstride;
+    for (var i = 0u; i < GTM; i++) {
+        let row = row0 + l.y + i * GWY;
+        if (row >= p.m) { continue; }
+        for (var j = 0u; j < GTN; j++) {
+            let col = col0 + l.x + j * GWX;
+            if (col >= p.n) { continue; }
+            var v = p.alpha * acc[i][j];
+            if (p.has_bias != 0u) { v += bias[p.bias_off + col]; }
+            let idx = c_base + row * p.c_rs + col;
+            if (p.accumulate != 0u) { v += c[idx]; }
+            c[idx] = v;
+        }
+    }
+}
+
+// ---- gemm_nt with 8 x 8 outputs per thread (GTM = GTN = 8, checked in engine/kernels.rs): the
+// same staging, but 64 accumulators in an indexed array spill to memory (measured: 5x slower), so
+// they are sixteen named vec4s, c<i><h> holding row i, columns h * 4 .. h * 4 + 3 of the thread's
+// eight (x + j * GWX). Each multiply-add step takes one vec4 of A along k and four B vec4s along k,
+// regrouped (free: registers are scalar on the GPU) so every FMA is a vec4 across columns.
+fn mac4(acc: vec4<f32>, a: vec4<f32>, b0: vec4<f32>, b1: vec4<f32>, b2: vec4<f32>, b3: vec4<f32>) -> vec4<f32> {
+    var r = fma(vec4<f32>(a.x), vec4<f32>(b0.x, b1.x, b2.x, b3.x), acc);
+    r = fma(vec4<f32>(a.y), vec4<f32>(b0.y, b1.y, b2.y, b3.y), r);
+    r = fma(vec4<f32>(a.z), vec4<f32>(b0.z, b1.z, b2.z, b3.z), r);
+    return fma(vec4<f32>(a.w), vec4<f32>(b0.w, b1.w, b2.w, b3.w), r);
+}
+
+fn store8(batch: u32, split: u32, row: u32, col0: u32, lo: vec4<f32>, hi: vec4<f32>) {
+    if (row >= p.m) { return; }
+    for (var j = 0u; j < 8u; j++) {
+        let col = col0 + j * GWX;
+        if (col >= p.n) { continue; }
+        let acc = select(hi[j & 3u], lo[j & 3u], j < 4u);
+        if (p.splits > 1u) {
+            c[split * p.split_stride + (batch * p.m + row) * p.n + col] = acc;
+            continue;
+        }
+        var v = p.alpha * acc;
+        if (p.has_bias != 0u) { v += bias[p.bias_off + col]; }
+        let idx = p.c_off + batch * p.c_bstride + row * p.c_rs + col;
+        if (p.accumulate != 0u) { v += c[idx]; }
+        c[idx] = v;
+    }
+}
+
+@compute @workgroup_size(GWX, GWY, 1)
+fn gemm_nt_8x8(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32,
+               @builtin(local_invocation_id) l: vec3<u32>) {
+    let batch = wg.z / p.splits;
+    let split = wg.z % p.splits;
+    let k_begin = split * p.k_chunk;
+    let k_end = min(p.k, k_begin + p.k_chunk);
+    let row0 = wg.y * GBM;
+    let col0 = wg.x * GBN;
+    let a_base = (p.a_off + batch * p.a_bstride) / 4u;
+    let b_base = (p.b_off + (batch / p.b_group) * p.b_bstride) / 4u;
+    let a_rs4 = p.a_rs / 4u;
+    let b_rs4 = p.b_sn / 4u;
+    var ra: array<vec4<f32>, GLOAD_A>;
+    var rb: array<vec4<f32>, GLOAD_B>;
+    for (var s = 0u; s < GLOAD_A; s++) {
+        let e = lid + s * GTHREADS;
+        let row = row0 + e / GKQ;
+        let kx = k_begin + (e % GKQ) * 4u;
+        var v = vec4<f32>(0.0);
+        if (row < p.m && kx < k_end) { v = a4[a_base + row * a_rs4 + kx / 4u]; }
+        ra[s] = v;
+    }
+    for (var s = 0u; s < GLOAD_B; s++) {
+        let e = lid + s * GTHREADS;
+        let col = col0 + e / GKQ;
+        let kx = k_begin + (e % GKQ) * 4u;
+        var v = vec4<f32>(0.0);
+        if (col < p.n && kx < k_end) { v = b4[b_base + col * b_rs4 + kx / 4u]; }
+        rb[s] = v;
+    }
+    var c00 = vec4<f32>(0.0); var c01 = vec4<f32>(0.0); var c10 = vec4<f32>(0.0); var c11 = vec4<f32>(0.0);
+    var c20 = vec4<f32>(0.0); var c21 = vec4<f32>(0.0); var c30 = vec4<f32>(0.0); var c31 = vec4<f32>(0.0);
+    var c40 = vec4<f32>(0.0); var c41 = vec4<f32>(0.0); var c50 = vec4<f32>(0.0); var c51 = vec4<f32>(0.0);
+    var c60 = vec4<f32>(0.0); var c61 = vec4<f32>(0.0); var c70 = vec4<f32>(0.0); var c71 = vec4<f32>(0.0);
+    for (var k0 = k_begin; k0 < k_end; k0 += GBK) {
+        for (var s = 0u; s < GLOAD_A; s++) {
+            let e = lid + s * GTHREADS;
+            sa[(e / GKQ) * GPAD + e % GKQ] = ra[s];
+        }
+        for (var s = 0u; s < GLOAD_B; s++) {
+            let e = lid + s * GTHREADS;
+            sb[(e / GKQ) * GPAD + e % GKQ] = rb[s];
+        }
+        workgroupBarrier();
+        let k1 = k0 + GBK;
+        if (k1 < k_end) {
+            for (var s = 0u; s < GLOAD_A; s++) {
+                let e = lid + s * GTHREADS;
+                let row = row0 + e / GKQ;
+                let kx = k1 + (e % GKQ) * 4u;
+                var v = vec4<f32>(0.0);
+                if (row < p.m && kx < k_end) { v = a4[a_base + row * a_rs4 + kx / 4u]; }
+                ra[s] = v;
+            }
+            for (var s = 0u; s < GLOAD_B; s++) {
+                let e = lid + s * GTHREADS;
+                let col = col0 + e / GKQ;
+                let kx = k1 + (e % GKQ) * 4u;
+                var v = vec4<f32>(0.0);
+                if (col < p.n && kx < k_end) { v = b4[b_base + col * b_rs4 + kx / 4u]; }
+                rb[s] = v;
+            }
+        }
+        for (var kq = 0u; kq < GKQ; kq++) {
+            let bx = l.x * GPAD + kq;
+            let b0 = sb[bx];
+            let b1 = sb[bx + GWX * GPAD];
+            let b2 = sb[bx + 2u * GWX * GPAD];
+            let b3 = sb[bx + 3u * GWX * GPAD];
+            let b4_ = sb[bx + 4u * GWX * GPAD];
+            let b5 = sb[bx + 5u * GWX * GPAD];
+            let b6 = sb[bx + 6u * GWX * GPAD];
+            let b7 = sb[bx + 7u * GWX * GPAD];
+            let ax = l.y * GPAD + kq;
+            var a = sa[ax];
+            c00 = mac4(c00, a, b0, b1, b2, b3); c01 = mac4(c01, a, b4_, b5, b6, b7);
+            a = sa[ax + GWY * GPAD];
+            c10 = mac4(c10, a, b0, b1, b2, b3); c11 = mac4(c11, a, b4_, b5, b6, b7);
+            a = sa[ax + 2u * GWY * GPAD];
+            c20 = mac4(c20, a, b0, b1, b2, b3); c21 = mac4(c21, a, b4_, b5, b6, b7);
+            a = sa[ax + 3u * GWY * GPAD];
+            c30 = mac4(c30, a, b0, b1, b2, b3); c31 = mac4(c31, a, b4_, b5, b6, b7);
+            a = sa[ax + 4u * GWY * GPAD];
+            c40 = mac4(c40, a, b0, b1, b2, b3); c41 = mac4(c41, a, b4_, b5, b6, b7);
+            a = sa[ax + 5u * GWY * GPAD];
+            c50 = mac4(c50, a, b0, b1, b2, b3); c51 = mac4(c51, a, b4_, b5, b6, b7);
+            a = sa[ax + 6u * GWY * GPAD];
+            c60 = mac4(c60, a, b0, b1, b2, b3); c61 = mac4(c61, a, b4_, b5, b6, b7);
+            a = sa[ax + 7u * GWY * GPAD];
+            c70 = mac4(c70, a, b0, b1, b2, b3); c71 = mac4(c71, a, b4_, b5, b6, b7);
+        }
+        workgroupBarrier();
+    }
+    let r = row0 + l.y;
+    let cc = col0 + l.x;
+    store8(batch, split, r, cc, c00, c01);
+    store8(batch, split, r + GWY, cc, c10, c11);
+    store8(batch, split, r + 2u * GWY, cc, c20, c21);
+    store8(batch, split, r + 3u * GWY, cc, c30, c31);
+    store8(batch, split, r + 4u * GWY, cc, c40, c41);
+    store8(batch, split, r + 5u * GWY, cc, c50, c51);
+    store8(batch, split, r + 6u * GWY, cc, c60, c61);
+    store8(batch, split, r + 7u * GWY, cc, c70, c71);
+}
+
+// Split-K second pass, one thread per output: the partial sums (bound as `a`) added in split
+// order, then alpha, bias and accumulation as in a single pass.
+@compute @workgroup_size(WG)
+fn splitk_reduce(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let idx = gid.x + gid.y * 65535u * WG;
+    let per_batch = p.m * p.n;
+    if (idx >= p.batches * per_batch) { return; }
+    var sum = 0.0;
+    for (var s = 0u; s < p.splits; s++) { sum += a[s * p.split_stride + idx]; }
+    let batch = idx / per_batch;
+    let row = (idx % per_batch) / p.n;
+    let col = idx % p.n;
+    var v = p.alpha * sum;
+    if (p.has_bias != 0u) { v += bias[p.bias_off + col]; }
+    let out = p.c_off + batch * p.c_bstride + row * p.c_rs + col;
+    if (p.accumulate != 0u) { v += c[out]; }
+    c[out] = v;
 }

@@ -5,8 +5,10 @@ mod common;
 
 use std::sync::OnceLock;
 
-use depthlens::engine::kernels::{wgsl, KernelId, KERNELS};
+use depthlens::engine::kernels::{wgsl, GemmChoice, KernelId, KERNELS, NT_LARGE, NT_MID, NT_SMALL};
+use depthlens::engine::matmul::Gemm;
 use depthlens::engine::{Engine, GpuTraceOptions};
+use depthlens::model::random::Rng;
 use depthlens::model::TextTokenizer;
 use depthlens::progress::Silent;
 use depthlens::reference::{self, TraceOptions};
@@ -217,11 +219,32 @@ fn reference_nt(a: &[f32], b: &[f32], m: usize, n: usize, k: usize) -> Vec<f32> 
     c
 }
 
+fn check_gemm(
+    m: usize,
+    n: usize,
+    k: usize,
+    forced: Option<GemmChoice>,
+    rng: &mut Rng,
+) -> GemmChoice {
+    let a: Vec<f32> = (0..m * k).map(|_| rng.normal() as f32).collect();
+    let b: Vec<f32> = (0..n * k).map(|_| rng.normal() as f32).collect();
+    let got = engine().matmul_nt(&a, &b, (m, n, k), forced).unwrap();
+    let want = reference_nt(&a, &b, m, n, k);
+    let err = common::normwise_err(&got, &want);
+    let choice = forced.unwrap_or_else(|| Gemm::nt(m as u32, n as u32, k as u32).choice());
+    assert!(
+        err < 1e-5,
+        "GEMM {m}x{n}x{k} ({choice:?}): max |diff| / max |c| = {err:.2e}"
+    );
+    choice
+}
+
 #[test]
-fn gemm_kernels_match_at_odd_sizes_on_fresh_random_inputs() {
-    let mut rng = depthlens::model::random::Rng::new(std::process::id() as u64);
+fn gemm_kernels_the_forward_chooses_match_at_odd_sizes_on_fresh_random_inputs() {
+    let mut rng = Rng::new(std::process::id() as u64);
     let mut seen = Vec::new();
-    // Small-tile and large-tile variants, partial tiles on every edge, K not a multiple of BK.
+    // Partial tiles on every edge, K not a multiple of any slice; K % 4 != 0 takes the generic
+    // kernel, K % 4 == 0 the vec4 NT path (split-K for short prompts).
     for (m, n, k) in [
         (1, 7, 3),
         (67, 131, 45),
@@ -229,25 +252,55 @@ fn gemm_kernels_match_at_odd_sizes_on_fresh_random_inputs() {
         (257, 513, 129),
         (1031, 1029, 37),
         (700, 900, 19),
+        (1, 7, 4),
+        (13, 300, 76),
+        (45, 71, 1020),
+        (67, 131, 44),
+        (257, 513, 132),
+        (300, 3500, 20),
+        (1031, 4100, 8),
     ] {
-        let variant = depthlens::engine::kernels::gemm_variant(m as u32, n as u32).0;
-        let a: Vec<f32> = (0..m * k).map(|_| rng.normal() as f32).collect();
-        let b: Vec<f32> = (0..n * k).map(|_| rng.normal() as f32).collect();
-        let got = engine().matmul_nt(&a, &b, m, n, k).unwrap();
-        let want = reference_nt(&a, &b, m, n, k);
-        let err = common::normwise_err(&got, &want);
-        assert!(
-            err < 1e-5,
-            "GEMM {m}x{n}x{k} ({variant:?}): max |diff| / max |c| = {err:.2e}"
-        );
-        seen.push(variant);
+        let choice = check_gemm(m, n, k, None, &mut rng);
+        seen.push((choice.kernel, choice.splits > 1));
     }
     for v in [
         KernelId::Matmul,
         KernelId::MatmulSkinny,
         KernelId::MatmulLarge,
+        KernelId::MatmulNtLarge,
+        KernelId::MatmulNtMid,
+        KernelId::MatmulNtSmall,
     ] {
-        assert!(seen.contains(&v), "GEMM variant {v:?} ran");
+        assert!(seen.iter().any(|s| s.0 == v), "GEMM variant {v:?} ran");
+    }
+    assert!(seen.iter().any(|s| s.1), "a split-K GEMM ran");
+}
+
+#[test]
+fn every_nt_tile_and_split_matches_at_odd_sizes() {
+    let mut rng = Rng::new(std::process::id() as u64 ^ 0x5eed);
+    let tiles = [
+        (KernelId::MatmulNtLarge, NT_LARGE),
+        (KernelId::MatmulNtMid, NT_MID),
+        (KernelId::MatmulNtSmall, NT_SMALL),
+    ];
+    for (kernel, t) in tiles {
+        for (m, n, k, splits) in [
+            (131, 67, 100, 1),
+            (37, 150, 204, 3),
+            (5, 9, 4, 1),
+            (70, 130, 68, 5),
+        ] {
+            // Chunks of whole slices; the last split is the short one.
+            let k_chunk = (k as u32).div_ceil(splits).div_ceil(t.bk) * t.bk;
+            let choice = GemmChoice {
+                kernel,
+                tile: (t.bm, t.bn),
+                splits: (k as u32).div_ceil(k_chunk),
+                k_chunk,
+            };
+            check_gemm(m, n, k, Some(choice), &mut rng);
+        }
     }
 }
 

@@ -8,6 +8,11 @@ use std::time::Instant;
 use anyhow::{bail, Context};
 use clap::Args;
 
+use crate::engine::kernels::{
+    GemmChoice, KernelId, MATMUL_LARGE, MATMUL_MID, MATMUL_SKINNY, MATMUL_SMALL, NT_LARGE, NT_MID,
+    NT_SMALL, SPLIT_PARTIAL_FLOATS,
+};
+use crate::engine::matmul::Gemm;
 use crate::engine::{Engine, GpuTraceOptions};
 use crate::model::random::{random_weights, RandomInit};
 use crate::model::{Checkpoint, ModelConfig, TextTokenizer, Weights};
@@ -40,6 +45,9 @@ pub struct BenchArgs {
     /// Time the GEMM kernel alone: 4096^3 and the model's own shapes at 512 tokens.
     #[arg(long)]
     pub matmul: bool,
+    /// With --matmul: also time every GEMM kernel and split count, not only the chosen one.
+    #[arg(long, requires = "matmul")]
+    pub sweep: bool,
 }
 
 /// The synthetic models of GPU.md's anchors.
@@ -160,20 +168,39 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         let Some(engine) = &engine else {
             bail!("--matmul times the GPU kernel: use --device gpu")
         };
-        println!("\n| GEMM (M x K) x (N x K)^T | ms | TFLOP/s |\n|---|---|---|");
         let d = cfg.hidden_size;
-        let mut shapes = vec![(4096, 4096, 4096, "4096^3")];
         let q = cfg.num_heads * cfg.head_dim;
-        shapes.extend([
-            (512, q, d, "q/o proj T=512"),
-            (512, cfg.intermediate_size, d, "gate/up T=512"),
-            (512, d, cfg.intermediate_size, "down T=512"),
-            (512, cfg.vocab_size, d, "LM head T=512"),
-        ]);
-        for (m, n, k, name) in shapes {
-            let ms = engine.time_matmul(m, n, k, 10, 5)?;
-            let tflops = 2.0 * (m * n * k) as f64 / (ms * 1e-3) / 1e12;
-            println!("| {name} ({m}x{k})x({n}x{k})^T | {ms:.3} | {tflops:.2} |");
+        let mut shapes = vec![(4096, 4096, 4096, "4096^3".to_string())];
+        for t in [64, 512] {
+            shapes.extend([
+                (t, q, d, format!("q/o proj T={t}")),
+                (t, cfg.intermediate_size, d, format!("gate/up T={t}")),
+                (t, d, cfg.intermediate_size, format!("down T={t}")),
+                (t, cfg.vocab_size, d, format!("LM head T={t}")),
+            ]);
+        }
+        println!("\n| GEMM (M x K) x (N x K)^T | kernel | splits | ms | TFLOP/s |\n|---|---|---|---|---|");
+        for (m, n, k, name) in &shapes {
+            let (m, n, k) = (*m, *n, *k);
+            let flop = 2.0 * (m * n * k) as f64;
+            let chosen = Gemm::nt(m as u32, n as u32, k as u32).choice();
+            let mut candidates = vec![chosen];
+            if args.sweep {
+                candidates.extend(gemm_candidates(m as u32, n as u32, k as u32));
+            }
+            for (i, c) in candidates.iter().enumerate() {
+                if i > 0 && *c == chosen {
+                    continue;
+                }
+                let ms = engine.time_matmul((m, n, k), Some(*c), 10, 5)?;
+                let mark = if i == 0 { " (chosen)" } else { "" };
+                println!(
+                    "| {name} ({m}x{k})x({n}x{k})^T | {}{mark} | {} | {ms:.4} | {:.2} |",
+                    engine.kernel_name(c.kernel),
+                    c.splits,
+                    flop / (ms * 1e-3) / 1e12
+                );
+            }
         }
         return Ok(ExitCode::SUCCESS);
     }
@@ -269,4 +296,52 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         );
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Every kernel and a few split counts for one shape (the `--sweep` table).
+fn gemm_candidates(m: u32, n: u32, k: u32) -> Vec<GemmChoice> {
+    let mut out = Vec::new();
+    for kernel in [
+        KernelId::MatmulMid,
+        KernelId::Matmul,
+        KernelId::MatmulLarge,
+        KernelId::MatmulSkinny,
+    ] {
+        let tile = match kernel {
+            KernelId::MatmulMid => MATMUL_MID,
+            KernelId::MatmulSkinny => MATMUL_SKINNY,
+            KernelId::MatmulLarge => (MATMUL_LARGE.tile, MATMUL_LARGE.tile),
+            _ => (MATMUL_SMALL.tile, MATMUL_SMALL.tile),
+        };
+        out.push(GemmChoice {
+            kernel,
+            tile,
+            splits: 1,
+            k_chunk: k,
+        });
+    }
+    for (kernel, t) in [
+        (KernelId::MatmulNtLarge, NT_LARGE),
+        (KernelId::MatmulNtMid, NT_MID),
+        (KernelId::MatmulNtSmall, NT_SMALL),
+    ] {
+        for splits in [1u32, 2, 4, 8] {
+            let k_chunk = k.div_ceil(splits).div_ceil(t.bk) * t.bk;
+            let splits = k.div_ceil(k_chunk);
+            let partial = u64::from(splits) * u64::from(m) * u64::from(n);
+            if splits > 1 && partial > SPLIT_PARTIAL_FLOATS {
+                continue;
+            }
+            let c = GemmChoice {
+                kernel,
+                tile: (t.bm, t.bn),
+                splits,
+                k_chunk,
+            };
+            if !out.contains(&c) {
+                out.push(c);
+            }
+        }
+    }
+    out
 }

@@ -4,6 +4,7 @@
 use wgpu::util::DeviceExt;
 
 use super::kernels::{KernelId, MAX_SOURCES, TOP_K};
+use super::matmul::{push_gemm, Gemm};
 use super::model::{GpuLinear, GpuMlp, GpuModel, GpuNorm};
 use std::sync::{Arc, Mutex};
 
@@ -143,33 +144,12 @@ struct Buffers {
     slot_lists: wgpu::Buffer,
     cos: wgpu::Buffer,
     sin: wgpu::Buffer,
+    partials: wgpu::Buffer,
 }
 
 const USAGE: wgpu::BufferUsages = wgpu::BufferUsages::STORAGE
     .union(wgpu::BufferUsages::COPY_DST)
     .union(wgpu::BufferUsages::COPY_SRC);
-
-/// `C = alpha * A op(B) (+ bias) (+ C)`, as laid out for matmul.wgsl.
-#[derive(Clone, Copy, Default)]
-struct Gemm {
-    m: u32,
-    n: u32,
-    k: u32,
-    batch: u32,
-    b_group: u32,
-    a_off: u32,
-    a_bstride: u32,
-    a_rs: u32,
-    b_off: u32,
-    b_bstride: u32,
-    b_sk: u32,
-    b_sn: u32,
-    c_off: u32,
-    c_bstride: u32,
-    c_rs: u32,
-    accumulate: bool,
-    alpha: f32,
-}
 
 struct Recorder<'a> {
     plan: Plan,
@@ -187,32 +167,10 @@ impl Recorder<'_> {
         bias: Option<&wgpu::Buffer>,
         c: &wgpu::Buffer,
     ) {
-        let params = [
-            g.m,
-            g.n,
-            g.k,
-            g.b_group.max(1),
-            g.a_off,
-            g.a_bstride,
-            g.a_rs,
-            u32::from(bias.is_some()),
-            g.b_off,
-            g.b_bstride,
-            g.b_sk,
-            g.b_sn,
-            g.c_off,
-            g.c_bstride,
-            g.c_rs,
-            u32::from(g.accumulate),
-            0,
-            g.alpha.to_bits(),
-            0,
-            0,
-        ];
-        let (kernel, tile) = super::kernels::gemm_variant(g.m, g.n);
-        let groups = [g.n.div_ceil(tile.1), g.m.div_ceil(tile.0), g.batch.max(1)];
+        let has_bias = bias.is_some();
         let bias = bias.unwrap_or(&self.model.dummy);
-        self.plan.push(kernel, &params, &[a, b, bias, c], groups);
+        let buffers = [a, b, bias, c, &self.b.partials];
+        push_gemm(&mut self.plan, &g, g.choice(), buffers, has_bias);
     }
 
     /// `out[:, :l.out] (at out_off) = x W^T + bias` for x `[T, l.inp]`.
@@ -554,6 +512,7 @@ impl Engine {
             slot_lists: init(dev, "slot_lists", bytemuck::cast_slice(&lists)),
             cos: init(dev, "cos", bytemuck::cast_slice(&cos)),
             sin: init(dev, "sin", bytemuck::cast_slice(&sin)),
+            partials: super::matmul::partials_buffer(dev),
         };
         let mut r = Recorder {
             plan: Plan::new(self.limits.min_uniform_buffer_offset_alignment),

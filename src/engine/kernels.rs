@@ -1,12 +1,9 @@
 //! The WGSL kernels: sources (with their tile and workgroup constants substituted from here, the
 //! one place they are defined), bind-group layouts, and trusted compute pipelines.
 
-/// GEMM tiles: a workgroup computes TILE x TILE outputs of C with 16 x 16 threads, staging
-/// BK-deep slices of A and B. The small tile (4 x 4 outputs per thread) keeps short prompts'
-/// GEMMs spread over many workgroups; the large one (8 x 8 per thread in vec4 registers, GPU.md's
-/// 31.7 TFLOP/s configuration) serves big ones. Its register block is written out by hand for
-/// `LT` = 128 (prepended like every constant here). A 64-tile variant with vec4 registers measured
-/// no faster than the generic kernel on the H100, so the generic one serves the 64, 32 and skinny tiles.
+/// Generic GEMM tiles (`main` in matmul.wgsl, any layout: the attention's P V, unaligned
+/// operands): a workgroup computes TILE_M x TILE_N outputs with 16 x 16 threads, staging BK-deep
+/// slices of A and B.
 pub const MATMUL_SMALL: GemmTile = GemmTile { tile: 64, bk: 16 };
 /// Short prompts (M <= 64 rows): 16 x 32 tiles, 2 outputs per thread, so that a 64-token GEMM
 /// still spreads over dozens of workgroups.
@@ -26,9 +23,9 @@ pub struct GemmTile {
 /// 32 x 32 tiles, 2 x 2 outputs per thread.
 pub const MATMUL_MID: (u32, u32) = (32, 32);
 
-/// The GEMM variant for an `M x N` output and its (rows, columns) tile: skinny for few rows, the
-/// large tile once it still yields enough workgroups, the 64-tile where that fills the GPU, the
-/// 32-tile otherwise.
+/// The generic GEMM variant for an `M x N` output and its (rows, columns) tile: skinny for few
+/// rows, the large tile once it still yields enough workgroups, the 64-tile where that fills the
+/// GPU, the 32-tile otherwise.
 pub fn gemm_variant(m: u32, n: u32) -> (KernelId, (u32, u32)) {
     let tiles = |t: u32| u64::from(m.div_ceil(t)) * u64::from(n.div_ceil(t));
     if m <= 64 {
@@ -43,8 +40,134 @@ pub fn gemm_variant(m: u32, n: u32) -> (KernelId, (u32, u32)) {
     }
 }
 
+/// A tile of the NT fast path (`gemm_nt`): `bm x bn` outputs, `bk`-deep slices, `tm x tn`
+/// outputs per thread.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NtTile {
+    pub bm: u32,
+    pub bn: u32,
+    pub bk: u32,
+    pub tm: u32,
+    pub tn: u32,
+}
+
+impl NtTile {
+    pub const fn threads(&self) -> u32 {
+        (self.bm / self.tm) * (self.bn / self.tn)
+    }
+}
+
+/// 8 x 8 outputs per thread in named registers (`gemm_nt_8x8`, written for exactly this shape):
+/// big outputs (the LM head, long prompts).
+pub const NT_LARGE: NtTile = NtTile {
+    bm: 128,
+    bn: 128,
+    bk: 16,
+    tm: 8,
+    tn: 8,
+};
+/// 4 x 4 per thread, 256 threads: outputs of a few hundred rows.
+pub const NT_MID: NtTile = NtTile {
+    bm: 64,
+    bn: 64,
+    bk: 16,
+    tm: 4,
+    tn: 4,
+};
+/// 4 x 4 per thread, 128 threads: short prompts, usually with split-K.
+pub const NT_SMALL: NtTile = NtTile {
+    bm: 32,
+    bn: 64,
+    bk: 16,
+    tm: 4,
+    tn: 4,
+};
+
+/// Each thread loads whole vec4s of both slices every round (gemm_nt's GLOAD_A/B).
+const fn nt_tile_is_valid(t: NtTile) -> bool {
+    let threads = t.threads();
+    t.bk.is_multiple_of(4)
+        && t.tm.is_power_of_two()
+        && (t.bm * t.bk / 4).is_multiple_of(threads)
+        && (t.bn * t.bk / 4).is_multiple_of(threads)
+        && t.bm * t.bk / 4 >= threads
+        && t.bn * t.bk / 4 >= threads
+}
+const _: () = assert!(NT_LARGE.tm == 8 && NT_LARGE.tn == 8);
+const _: () =
+    assert!(nt_tile_is_valid(NT_LARGE) && nt_tile_is_valid(NT_MID) && nt_tile_is_valid(NT_SMALL));
+
+/// Workgroups that keep a large GPU busy (two per multiprocessor of an H100's 132); below this a
+/// GEMM takes a smaller tile, then splits K.
+pub const FILL_WORKGROUPS: u64 = 264;
+/// Split-K never leaves a split fewer than this many k: the extra reduction dispatch costs about
+/// what a shorter K saves below it (measured on the H100, BENCHMARKS.md).
+pub const MIN_SPLIT_K: u32 = 384;
+/// Most partial sums split-K may hold: (FILL_WORKGROUPS * 2) full NT_MID tiles' worth.
+pub const SPLIT_PARTIAL_FLOATS: u64 = 2 * FILL_WORKGROUPS * (NT_MID.bm * NT_MID.bn) as u64;
+
+/// How one GEMM runs: the kernel, its (rows, columns) tile, and how many k-splits (1: none).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GemmChoice {
+    pub kernel: KernelId,
+    pub tile: (u32, u32),
+    pub splits: u32,
+    pub k_chunk: u32,
+}
+
+/// Pick the kernel for an `M x N x K` GEMM over `batch` matrices: the generic kernel unless the
+/// operands suit the NT fast path (`nt_ok`); then the largest NT tile that still fills the GPU,
+/// else the smallest one with K split until it does (batch 1 only, partials within
+/// [`SPLIT_PARTIAL_FLOATS`]).
+pub fn choose_gemm(m: u32, n: u32, k: u32, batch: u32, nt_ok: bool) -> GemmChoice {
+    let whole = |kernel, tile: (u32, u32)| GemmChoice {
+        kernel,
+        tile,
+        splits: 1,
+        k_chunk: k.max(1),
+    };
+    if !nt_ok {
+        let (kernel, tile) = gemm_variant(m, n);
+        return whole(kernel, tile);
+    }
+    let wgs = |t: NtTile| {
+        u64::from(m.div_ceil(t.bm)) * u64::from(n.div_ceil(t.bn)) * u64::from(batch.max(1))
+    };
+    for (kernel, t) in [
+        (KernelId::MatmulNtLarge, NT_LARGE),
+        (KernelId::MatmulNtMid, NT_MID),
+    ] {
+        // A half-empty tile wastes what a smaller one would not.
+        if m >= t.bm && wgs(t) >= FILL_WORKGROUPS {
+            return whole(kernel, (t.bm, t.bn));
+        }
+    }
+    let t = NT_SMALL;
+    let tiles = wgs(t);
+    let mut splits = 1u32;
+    if batch <= 1 {
+        let padded = u64::from(m.div_ceil(t.bm) * t.bm) * u64::from(n.div_ceil(t.bn) * t.bn);
+        let want = FILL_WORKGROUPS.div_ceil(tiles) as u32;
+        let by_k = (k / MIN_SPLIT_K).max(1);
+        let by_space = (SPLIT_PARTIAL_FLOATS / padded.max(1)).max(1) as u32;
+        splits = want.min(by_k).min(by_space).max(1);
+    }
+    // Chunks in whole slices, so only the last split has a partial slice.
+    let k_chunk = k.div_ceil(splits).div_ceil(t.bk) * t.bk;
+    let splits = k.div_ceil(k_chunk.max(1)).max(1);
+    GemmChoice {
+        kernel: KernelId::MatmulNtSmall,
+        tile: (t.bm, t.bn),
+        splits,
+        k_chunk: k_chunk.max(1),
+    }
+}
+
 /// Threads per workgroup of the row-wise and elementwise kernels (a power of two).
 pub const ROW_WG: u32 = 256;
+/// Threads per token of the depth op: a shallower reduction tree than ROW_WG, still a few
+/// elements per thread at d = 576..768.
+pub const DEPTH_WG: u32 = 128;
 /// Most sources one depth op can attend over.
 pub const MAX_SOURCES: u32 = 512;
 /// Next-token predictions kept per position.
@@ -73,34 +196,52 @@ pub struct KernelSpec {
 }
 
 const ROW: &[(&str, u32)] = &[("WG", ROW_WG)];
-/// Both GEMM entry points live in matmul.wgsl and see every tile constant.
-const MATMUL_CONSTS: &[(&str, u32)] = &[
-    ("TILE_M", MATMUL_SMALL.tile),
-    ("TILE_N", MATMUL_SMALL.tile),
-    ("BK", MATMUL_SMALL.bk),
-    ("WG_X", MATMUL_WG),
-    ("WG_Y", MATMUL_WG),
-    ("LT", MATMUL_LARGE.tile),
-    ("LBK", MATMUL_LARGE.bk),
-];
-const MID_CONSTS: &[(&str, u32)] = &[
-    ("TILE_M", MATMUL_MID.0),
-    ("TILE_N", MATMUL_MID.1),
-    ("BK", MATMUL_SMALL.bk),
-    ("WG_X", MATMUL_WG),
-    ("WG_Y", MATMUL_WG),
-    ("LT", MATMUL_LARGE.tile),
-    ("LBK", MATMUL_LARGE.bk),
-];
-const SKINNY_CONSTS: &[(&str, u32)] = &[
-    ("TILE_M", MATMUL_SKINNY.0),
-    ("TILE_N", MATMUL_SKINNY.1),
-    ("BK", SKINNY_BK),
-    ("WG_X", MATMUL_WG),
-    ("WG_Y", MATMUL_WG),
-    ("LT", MATMUL_LARGE.tile),
-    ("LBK", MATMUL_LARGE.bk),
-];
+
+/// Every matmul.wgsl entry point sees all of the file's constants: the generic tile
+/// (`TILE_M`, `TILE_N`, `BK`), the large tile, and the NT tile.
+macro_rules! matmul_consts {
+    ($tm:expr, $tn:expr, $bk:expr, $nt:expr) => {
+        &[
+            ("TILE_M", $tm),
+            ("TILE_N", $tn),
+            ("BK", $bk),
+            ("WG_X", MATMUL_WG),
+            ("WG_Y", MATMUL_WG),
+            ("LT", MATMUL_LARGE.tile),
+            ("LBK", MATMUL_LARGE.bk),
+            ("GBM", $nt.bm),
+            ("GBN", $nt.bn),
+            ("GBK", $nt.bk),
+            ("GTM", $nt.tm),
+            ("GTN", $nt.tn),
+            ("WG", ROW_WG),
+        ]
+    };
+}
+const MATMUL_CONSTS: &[(&str, u32)] = matmul_consts!(
+    MATMUL_SMALL.tile,
+    MATMUL_SMALL.tile,
+    MATMUL_SMALL.bk,
+    NT_MID
+);
+const MID_CONSTS: &[(&str, u32)] =
+    matmul_consts!(MATMUL_MID.0, MATMUL_MID.1, MATMUL_SMALL.bk, NT_MID);
+const SKINNY_CONSTS: &[(&str, u32)] =
+    matmul_consts!(MATMUL_SKINNY.0, MATMUL_SKINNY.1, SKINNY_BK, NT_MID);
+const NT_LARGE_CONSTS: &[(&str, u32)] = matmul_consts!(
+    MATMUL_SMALL.tile,
+    MATMUL_SMALL.tile,
+    MATMUL_SMALL.bk,
+    NT_LARGE
+);
+const NT_SMALL_CONSTS: &[(&str, u32)] = matmul_consts!(
+    MATMUL_SMALL.tile,
+    MATMUL_SMALL.tile,
+    MATMUL_SMALL.bk,
+    NT_SMALL
+);
+/// Bindings of the NT path: A, B, bias, C, then A and B again viewed as vec4s.
+const NT_STORAGE: &[Access] = &[Read, Read, Read, ReadWrite, Read, Read];
 
 macro_rules! shader {
     ($file:literal) => {
@@ -166,6 +307,38 @@ pub const KERNELS: &[KernelSpec] = &[
         "matmul_large",
         MATMUL,
         "main_large",
+        MATMUL_CONSTS,
+        false,
+        &[Read, Read, Read, ReadWrite],
+    ),
+    spec(
+        "matmul_nt_large",
+        MATMUL,
+        "gemm_nt_8x8",
+        NT_LARGE_CONSTS,
+        false,
+        NT_STORAGE,
+    ),
+    spec(
+        "matmul_nt_mid",
+        MATMUL,
+        "gemm_nt",
+        MATMUL_CONSTS,
+        false,
+        NT_STORAGE,
+    ),
+    spec(
+        "matmul_nt_small",
+        MATMUL,
+        "gemm_nt",
+        NT_SMALL_CONSTS,
+        false,
+        NT_STORAGE,
+    ),
+    spec(
+        "splitk_reduce",
+        MATMUL,
+        "splitk_reduce",
         MATMUL_CONSTS,
         false,
         &[Read, Read, Read, ReadWrite],
@@ -247,7 +420,7 @@ pub const KERNELS: &[KernelSpec] = &[
         "depth",
         DEPTH,
         "main",
-        &[("WG", ROW_WG), ("MAX_SOURCES", MAX_SOURCES)],
+        &[("WG", DEPTH_WG), ("MAX_SOURCES", MAX_SOURCES)],
         true,
         &[Read, Read, Read, ReadWrite, ReadWrite],
     ),
@@ -354,6 +527,10 @@ pub enum KernelId {
     MatmulMid,
     MatmulSkinny,
     MatmulLarge,
+    MatmulNtLarge,
+    MatmulNtMid,
+    MatmulNtSmall,
+    SplitKReduce,
     Norm,
     RowStats,
     Rope,

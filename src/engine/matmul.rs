@@ -1,9 +1,9 @@
-//! The GEMM kernel on its own: `C = A B^T` for host matrices (kernel parity tests) and timed
-//! (the `bench --matmul` table).
+//! GEMM dispatch (kernel choice, split-K) for the forward, and the GEMM on its own: `C = A B^T`
+//! for host matrices (kernel parity tests) and timed (the `bench --matmul` table).
 
 use wgpu::util::DeviceExt;
 
-use super::kernels::gemm_variant;
+use super::kernels::{choose_gemm, GemmChoice, KernelId, SPLIT_PARTIAL_FLOATS};
 use super::plan::Plan;
 use super::{Engine, Error};
 
@@ -11,30 +11,146 @@ const USAGE: wgpu::BufferUsages = wgpu::BufferUsages::STORAGE
     .union(wgpu::BufferUsages::COPY_DST)
     .union(wgpu::BufferUsages::COPY_SRC);
 
-/// `[M, K] x [N, K]^T` parameters for matmul.wgsl, weights-style (B rows are k-contiguous).
-fn nt_params(m: u32, n: u32, k: u32) -> [u32; 20] {
-    [
-        m,
-        n,
-        k,
-        1,
-        0,
-        0,
-        k,
-        0,
-        0,
-        0,
-        1,
-        k,
-        0,
-        0,
-        n,
-        0,
-        0,
-        1f32.to_bits(),
-        0,
-        0,
-    ]
+/// `C = alpha * A op(B) (+ bias) (+ C)`, in matmul.wgsl's strided layout (element offsets).
+#[derive(Clone, Copy, Default, Debug)]
+pub struct Gemm {
+    pub m: u32,
+    pub n: u32,
+    pub k: u32,
+    pub batch: u32,
+    pub b_group: u32,
+    pub a_off: u32,
+    pub a_bstride: u32,
+    pub a_rs: u32,
+    pub b_off: u32,
+    pub b_bstride: u32,
+    pub b_sk: u32,
+    pub b_sn: u32,
+    pub c_off: u32,
+    pub c_bstride: u32,
+    pub c_rs: u32,
+    pub accumulate: bool,
+    pub alpha: f32,
+}
+
+impl Gemm {
+    /// `[M, K] x [N, K]^T` into a dense `[M, N]`, weights-style (B rows are k-contiguous).
+    pub fn nt(m: u32, n: u32, k: u32) -> Self {
+        Self {
+            m,
+            n,
+            k,
+            batch: 1,
+            a_rs: k,
+            b_sk: 1,
+            b_sn: k,
+            c_rs: n,
+            alpha: 1.0,
+            ..Default::default()
+        }
+    }
+
+    /// Both operands k-contiguous and every vec4 they are read as 16-byte aligned.
+    pub fn nt_aligned(&self) -> bool {
+        self.b_sk == 1
+            && [
+                self.k,
+                self.a_off,
+                self.a_bstride,
+                self.a_rs,
+                self.b_off,
+                self.b_bstride,
+                self.b_sn,
+            ]
+            .iter()
+            .all(|v| v.is_multiple_of(4))
+    }
+
+    pub fn choice(&self) -> GemmChoice {
+        choose_gemm(self.m, self.n, self.k, self.batch.max(1), self.nt_aligned())
+    }
+
+    fn params(&self, has_bias: bool, choice: &GemmChoice) -> [u32; 24] {
+        [
+            self.m,
+            self.n,
+            self.k,
+            self.b_group.max(1),
+            self.a_off,
+            self.a_bstride,
+            self.a_rs,
+            u32::from(has_bias),
+            self.b_off,
+            self.b_bstride,
+            self.b_sk,
+            self.b_sn,
+            self.c_off,
+            self.c_bstride,
+            self.c_rs,
+            u32::from(self.accumulate),
+            0,
+            self.alpha.to_bits(),
+            choice.splits,
+            choice.k_chunk,
+            self.batch.max(1) * self.m * self.n,
+            self.batch.max(1),
+            0,
+            0,
+        ]
+    }
+}
+
+/// Queue `g` with its chosen kernel: one dispatch, or with split-K the partial products into
+/// `partials` (at least [`SPLIT_PARTIAL_FLOATS`] floats) and their reduction into `c`.
+pub(crate) fn push_gemm(
+    plan: &mut Plan,
+    g: &Gemm,
+    choice: GemmChoice,
+    [a, b, bias, c, partials]: [&wgpu::Buffer; 5],
+    has_bias: bool,
+) {
+    let params = g.params(has_bias, &choice);
+    let batch = g.batch.max(1);
+    let groups = [
+        g.n.div_ceil(choice.tile.1),
+        g.m.div_ceil(choice.tile.0),
+        batch * choice.splits,
+    ];
+    let nt = matches!(
+        choice.kernel,
+        KernelId::MatmulNtLarge | KernelId::MatmulNtMid | KernelId::MatmulNtSmall
+    );
+    if choice.splits <= 1 {
+        if nt {
+            plan.push(choice.kernel, &params, &[a, b, bias, c, a, b], groups);
+        } else {
+            plan.push(choice.kernel, &params, &[a, b, bias, c], groups);
+        }
+        return;
+    }
+    debug_assert!(u64::from(choice.splits) * u64::from(batch * g.m * g.n) <= SPLIT_PARTIAL_FLOATS);
+    plan.push(
+        choice.kernel,
+        &params,
+        &[a, b, bias, partials, a, b],
+        groups,
+    );
+    plan.push(
+        KernelId::SplitKReduce,
+        &params,
+        &[partials, b, bias, c],
+        super::plan::elementwise_groups(batch * g.m * g.n),
+    );
+}
+
+/// The buffer split-K writes its partial sums to.
+pub(crate) fn partials_buffer(device: &wgpu::Device) -> wgpu::Buffer {
+    device.create_buffer(&wgpu::BufferDescriptor {
+        label: Some("split-K partials"),
+        size: SPLIT_PARTIAL_FLOATS * 4,
+        usage: wgpu::BufferUsages::STORAGE,
+        mapped_at_creation: false,
+    })
 }
 
 impl Engine {
@@ -63,14 +179,14 @@ impl Engine {
         Ok([init("A", a), init("B", b), init("bias", &[0.0; 4]), c])
     }
 
-    /// `C[M, N] = A[M, K] B[N, K]^T` on the GPU, through the shipped GEMM kernel.
+    /// `C[M, N] = A[M, K] B[N, K]^T` on the GPU, through the shipped GEMM kernels: the one the
+    /// forward would choose, or `forced`.
     pub fn matmul_nt(
         &self,
         a: &[f32],
         b: &[f32],
-        m: usize,
-        n: usize,
-        k: usize,
+        (m, n, k): (usize, usize, usize),
+        forced: Option<GemmChoice>,
     ) -> Result<Vec<f32>, Error> {
         if a.len() != m * k || b.len() != n * k {
             return Err(Error::Unsupported(format!(
@@ -80,14 +196,17 @@ impl Engine {
             )));
         }
         let [ab, bb, bias, cb] = self.gemm_buffers(a, b, m * n)?;
+        let partials = partials_buffer(&self.device);
         let mut plan = Plan::new(self.limits.min_uniform_buffer_offset_alignment);
         let (m, n, k) = (m as u32, n as u32, k as u32);
-        let (kernel, tile) = gemm_variant(m, n);
-        plan.push(
-            kernel,
-            &nt_params(m, n, k),
-            &[&ab, &bb, &bias, &cb],
-            [n.div_ceil(tile.1), m.div_ceil(tile.0), 1],
+        let g = Gemm::nt(m, n, k);
+        let choice = forced.unwrap_or_else(|| g.choice());
+        push_gemm(
+            &mut plan,
+            &g,
+            choice,
+            [&ab, &bb, &bias, &cb, &partials],
+            false,
         );
         let mut encoder = self.device.create_command_encoder(&Default::default());
         plan.record(&self.device, &self.kernels, &mut encoder, None);
@@ -105,13 +224,12 @@ impl Engine {
         Ok(out)
     }
 
-    /// Milliseconds per `[M, K] x [N, K]^T` GEMM: median of `reps` submissions of `iters`
-    /// back-to-back dispatches each, after one warm-up submission.
+    /// Milliseconds per `[M, K] x [N, K]^T` GEMM (the chosen kernel, or `forced`): median of
+    /// `reps` submissions of `iters` back-to-back GEMMs each, after one warm-up submission.
     pub fn time_matmul(
         &self,
-        m: usize,
-        n: usize,
-        k: usize,
+        (m, n, k): (usize, usize, usize),
+        forced: Option<GemmChoice>,
         iters: usize,
         reps: usize,
     ) -> Result<f64, Error> {
@@ -122,15 +240,18 @@ impl Engine {
             .map(|i| ((i % 89) as f32 - 44.0) / 89.0)
             .collect();
         let [ab, bb, bias, cb] = self.gemm_buffers(&a, &b, m * n)?;
+        let partials = partials_buffer(&self.device);
         let (m, n, k) = (m as u32, n as u32, k as u32);
+        let g = Gemm::nt(m, n, k);
+        let choice = forced.unwrap_or_else(|| g.choice());
         let mut plan = Plan::new(self.limits.min_uniform_buffer_offset_alignment);
-        let (kernel, tile) = gemm_variant(m, n);
         for _ in 0..iters.max(1) {
-            plan.push(
-                kernel,
-                &nt_params(m, n, k),
-                &[&ab, &bb, &bias, &cb],
-                [n.div_ceil(tile.1), m.div_ceil(tile.0), 1],
+            push_gemm(
+                &mut plan,
+                &g,
+                choice,
+                [&ab, &bb, &bias, &cb, &partials],
+                false,
             );
         }
         let recorded = plan.build(&self.device, &self.kernels);

@@ -4,7 +4,7 @@
 
 mod forward;
 pub mod kernels;
-mod matmul;
+pub mod matmul;
 mod model;
 mod plan;
 
@@ -113,6 +113,11 @@ impl Engine {
     }
 
     /// The adapter, as the Trace's `device` field names it.
+    /// A kernel's name as the profile tables print it.
+    pub fn kernel_name(&self, id: kernels::KernelId) -> &'static str {
+        self.kernels.get(id).name
+    }
+
     pub fn adapter_name(&self) -> &str {
         &self.adapter_name
     }
