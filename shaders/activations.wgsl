@@ -2,10 +2,13 @@
 //   silu_mul:   out = silu(a) * b                (SwiGLU)
 //   gelu_tanh:  out = gelu_tanh(a)               (GPT-2 gelu_new)
 //   gelu_erf:   out = gelu_erf(a)                (erf: Abramowitz-Stegun 7.1.26, |error| < 1.5e-7)
-//   accumulate: out = out + a                   (Block AttnRes partial sums)
-//   copy:       out = a
 
-struct Params { n: u32, a_off: u32, b_off: u32, out_off: u32 }
+// Element i is column i % width of row i / width; each operand has its own row stride (so silu_mul
+// reads gate and up from the stacked [T, 2F] activations). width = n: one dense row.
+struct Params {
+    n: u32, a_off: u32, b_off: u32, out_off: u32,
+    width: u32, a_rs: u32, b_rs: u32, out_rs: u32,
+}
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> a: array<f32>;
@@ -13,22 +16,23 @@ struct Params { n: u32, a_off: u32, b_off: u32, out_off: u32 }
 @group(0) @binding(3) var<storage, read_write> out: array<f32>;
 
 fn index(gid: vec3<u32>) -> u32 { return gid.x + gid.y * 65535u * WG; }
+fn at(i: u32, off: u32, rs: u32) -> u32 { return off + (i / p.width) * rs + i % p.width; }
 
 @compute @workgroup_size(WG)
 fn silu_mul(@builtin(global_invocation_id) gid: vec3<u32>) {
     let i = index(gid);
     if (i >= p.n) { return; }
-    let g = a[p.a_off + i];
-    out[p.out_off + i] = g / (1.0 + exp(-g)) * b[p.b_off + i];
+    let g = a[at(i, p.a_off, p.a_rs)];
+    out[at(i, p.out_off, p.out_rs)] = g / (1.0 + exp(-g)) * b[at(i, p.b_off, p.b_rs)];
 }
 
 @compute @workgroup_size(WG)
 fn gelu_tanh(@builtin(global_invocation_id) gid: vec3<u32>) {
     let i = index(gid);
     if (i >= p.n) { return; }
-    let x = a[p.a_off + i];
+    let x = a[at(i, p.a_off, p.a_rs)];
     let inner = 0.7978845608028654 * (x + 0.044715 * x * x * x);
-    out[p.out_off + i] = 0.5 * x * (1.0 + tanh(clamp(inner, -20.0, 20.0)));
+    out[at(i, p.out_off, p.out_rs)] = 0.5 * x * (1.0 + tanh(clamp(inner, -20.0, 20.0)));
 }
 
 fn erf_approx(x: f32) -> f32 {
@@ -43,20 +47,6 @@ fn erf_approx(x: f32) -> f32 {
 fn gelu_erf(@builtin(global_invocation_id) gid: vec3<u32>) {
     let i = index(gid);
     if (i >= p.n) { return; }
-    let x = a[p.a_off + i];
-    out[p.out_off + i] = 0.5 * x * (1.0 + erf_approx(x * 0.7071067811865476));
-}
-
-@compute @workgroup_size(WG)
-fn accumulate(@builtin(global_invocation_id) gid: vec3<u32>) {
-    let i = index(gid);
-    if (i >= p.n) { return; }
-    out[p.out_off + i] += a[p.a_off + i];
-}
-
-@compute @workgroup_size(WG)
-fn copy(@builtin(global_invocation_id) gid: vec3<u32>) {
-    let i = index(gid);
-    if (i >= p.n) { return; }
-    out[p.out_off + i] = a[p.a_off + i];
+    let x = a[at(i, p.a_off, p.a_rs)];
+    out[at(i, p.out_off, p.out_rs)] = 0.5 * x * (1.0 + erf_approx(x * 0.7071067811865476));
 }

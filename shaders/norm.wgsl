@@ -2,11 +2,15 @@
 //   norm:      out[r] = RMSNorm(x[r]) * g            (kind 0: x / sqrt(mean(x^2) + eps))
 //              out[r] = LayerNorm(x[r]) * g + beta    (kind 1)
 //   row_stats: ms[r] = mean(x[r]^2) and rms[r] = sqrt(ms[r]) (Trace RMS; depth-key norms)
+//   partial_update: a sublayer's output y joins a Block AttnRes partial sum, in one pass:
+//              stats[y_rms_off + r] = rms(y[r]);  out[r] = y[r] (kind 1, block start) or out[r] + y[r];
+//              stats[ms_off + r] = mean(out[r]^2) (the partial's key norm), stats[rms_off + r] = rms
 // Offsets are in elements; ms/rms outputs are skipped when their offset is NONE.
 
 struct Params {
     rows: u32, d: u32, x_off: u32, out_off: u32,
     kind: u32, eps: f32, ms_off: u32, rms_off: u32,
+    y_rms_off: u32, _p0: u32, _p1: u32, _p2: u32,
 }
 
 const NONE: u32 = 0xffffffffu;
@@ -16,6 +20,7 @@ const NONE: u32 = 0xffffffffu;
 @group(0) @binding(2) var<storage, read> gain: array<f32>;
 @group(0) @binding(3) var<storage, read> beta: array<f32>;
 @group(0) @binding(4) var<storage, read_write> out: array<f32>;
+@group(0) @binding(5) var<storage, read_write> stats: array<f32>;
 
 @compute @workgroup_size(WG)
 fn norm(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
@@ -50,5 +55,30 @@ fn row_stats(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_ind
     if (lid == 0u) {
         if (p.ms_off != NONE) { out[p.ms_off + r] = ms; }
         if (p.rms_off != NONE) { out[p.rms_off + r] = sqrt(ms); }
+    }
+}
+
+@compute @workgroup_size(WG)
+fn partial_update(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let r = wg.x + wg.y * 65535u;
+    if (r >= p.rows) { return; }
+    let yb = p.x_off + r * p.d;
+    let ob = p.out_off + r * p.d;
+    var sy = 0.0;
+    var sp = 0.0;
+    for (var j = lid; j < p.d; j += WG) {
+        let y = x[yb + j];
+        var v = y;
+        if (p.kind == 0u) { v += out[ob + j]; }
+        out[ob + j] = v;
+        sy += y * y;
+        sp += v * v;
+    }
+    let ms_y = workgroup_sum(lid, sy) / f32(p.d);
+    let ms_p = workgroup_sum(lid, sp) / f32(p.d);
+    if (lid == 0u) {
+        stats[p.y_rms_off + r] = sqrt(ms_y);
+        stats[p.ms_off + r] = ms_p;
+        stats[p.rms_off + r] = sqrt(ms_p);
     }
 }

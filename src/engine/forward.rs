@@ -130,13 +130,12 @@ struct Buffers {
     h: wgpu::Buffer,
     x: wgpu::Buffer,
     y: wgpu::Buffer,
-    q: wgpu::Buffer,
-    k: wgpu::Buffer,
-    v: wgpu::Buffer,
+    /// q, k, v side by side: `[T, (heads + 2 kv_heads) * hd]`.
+    qkv: wgpu::Buffer,
     att: wgpu::Buffer,
     scores: wgpu::Buffer,
-    ff_a: wgpu::Buffer,
-    ff_b: wgpu::Buffer,
+    /// gate and up side by side (`[T, 2F]`), or the GELU MLP's fc output.
+    ff_ab: wgpu::Buffer,
     ff_c: wgpu::Buffer,
     logits: wgpu::Buffer,
     head_out: wgpu::Buffer,
@@ -229,15 +228,18 @@ impl Recorder<'_> {
         );
     }
 
+    /// An activations.wgsl kernel over `rows x width` elements; each operand is (buffer,
+    /// offset, row stride).
     fn elementwise(
         &mut self,
         kernel: KernelId,
-        n: u32,
-        a: (&wgpu::Buffer, u32),
-        b: (&wgpu::Buffer, u32),
-        out: (&wgpu::Buffer, u32),
+        (rows, width): (u32, u32),
+        a: (&wgpu::Buffer, u32, u32),
+        b: (&wgpu::Buffer, u32, u32),
+        out: (&wgpu::Buffer, u32, u32),
     ) {
-        let params = [n, a.1, b.1, out.1];
+        let n = rows * width;
+        let params = [n, a.1, b.1, out.1, width, a.2, b.2, out.2];
         self.plan
             .push(kernel, &params, &[a.0, b.0, out.0], elementwise_groups(n));
     }
@@ -247,16 +249,16 @@ impl Recorder<'_> {
         let b = self.b;
         let (t, hd) = (self.t, cfg.head_dim as u32);
         let (heads, kv_heads) = (cfg.num_heads as u32, cfg.num_kv_heads as u32);
-        self.linear(&b.x, &layer.q, &b.q, 0);
-        self.linear(&b.x, &layer.k, &b.k, 0);
-        self.linear(&b.x, &layer.v, &b.v, 0);
+        let row = (heads + 2 * kv_heads) * hd;
+        let (k_off, v_off) = (heads * hd, (heads + kv_heads) * hd);
+        self.linear(&b.x, &layer.qkv, &b.qkv, 0);
         if cfg.rope.is_some() {
-            for (buf, h) in [(&b.q, heads), (&b.k, kv_heads)] {
-                let params = [t, h, hd, 0];
-                let groups = elementwise_groups(t * h * hd / 2);
-                self.plan
-                    .push(KernelId::Rope, &params, &[&b.cos, &b.sin, buf], groups);
-            }
+            // q's and k's heads are adjacent in a row: one pass rotates both.
+            let h = heads + kv_heads;
+            let params = [t, h, hd, 0, row];
+            let groups = elementwise_groups(t * h * hd / 2);
+            self.plan
+                .push(KernelId::Rope, &params, &[&b.cos, &b.sin, &b.qkv], groups);
         }
         // scores[h] = Q_h K_{h/group}^T / sqrt(hd)
         let scores = Gemm {
@@ -267,18 +269,18 @@ impl Recorder<'_> {
             b_group: heads / kv_heads,
             a_off: 0,
             a_bstride: hd,
-            a_rs: heads * hd,
-            b_off: 0,
+            a_rs: row,
+            b_off: k_off,
             b_bstride: hd,
             b_sk: 1,
-            b_sn: kv_heads * hd,
+            b_sn: row,
             c_off: 0,
             c_bstride: t * t,
             c_rs: t,
             accumulate: false,
             alpha: 1.0 / (hd as f32).sqrt(),
         };
-        self.gemm(scores, &b.q, &b.k, None, &b.scores);
+        self.gemm(scores, &b.qkv, &b.qkv, None, &b.scores);
         let window = cfg.sliding_window.map(|w| w as u32).unwrap_or(NONE);
         self.plan.push(
             KernelId::CausalSoftmax,
@@ -296,9 +298,9 @@ impl Recorder<'_> {
             a_off: 0,
             a_bstride: t * t,
             a_rs: t,
-            b_off: 0,
+            b_off: v_off,
             b_bstride: hd,
-            b_sk: kv_heads * hd,
+            b_sk: row,
             b_sn: 1,
             c_off: 0,
             c_bstride: hd,
@@ -306,33 +308,34 @@ impl Recorder<'_> {
             accumulate: false,
             alpha: 1.0,
         };
-        self.gemm(pv, &b.scores, &b.v, None, &b.att);
+        self.gemm(pv, &b.scores, &b.qkv, None, &b.att);
         self.linear(&b.att, &layer.o, out, out_off);
     }
 
     fn mlp(&mut self, layer: &super::model::GpuLayer, out: &wgpu::Buffer, out_off: u32) {
         let b = self.b;
-        let n = self.t * self.model.cfg.intermediate_size as u32;
+        let f = self.model.cfg.intermediate_size as u32;
+        let shape = (self.t, f);
         match &layer.mlp {
-            GpuMlp::SwiGlu { gate, up, down } => {
-                self.linear(&b.x, gate, &b.ff_a, 0);
-                self.linear(&b.x, up, &b.ff_b, 0);
+            GpuMlp::SwiGlu { gate_up, down } => {
+                self.linear(&b.x, gate_up, &b.ff_ab, 0);
                 self.elementwise(
                     KernelId::SiluMul,
-                    n,
-                    (&b.ff_a, 0),
-                    (&b.ff_b, 0),
-                    (&b.ff_c, 0),
+                    shape,
+                    (&b.ff_ab, 0, 2 * f),
+                    (&b.ff_ab, f, 2 * f),
+                    (&b.ff_c, 0, f),
                 );
                 self.linear(&b.ff_c, down, out, out_off);
             }
             GpuMlp::Gelu { fc, proj } => {
-                self.linear(&b.x, fc, &b.ff_a, 0);
+                self.linear(&b.x, fc, &b.ff_ab, 0);
                 let kernel = match self.model.cfg.activation {
                     Activation::GeluErf => KernelId::GeluErf,
                     _ => KernelId::GeluTanh,
                 };
-                self.elementwise(kernel, n, (&b.ff_a, 0), (&b.ff_a, 0), (&b.ff_c, 0));
+                let dense = (&b.ff_ab, 0, f);
+                self.elementwise(kernel, shape, dense, dense, (&b.ff_c, 0, f));
                 self.linear(&b.ff_c, proj, out, out_off);
             }
         }
@@ -438,7 +441,7 @@ impl Engine {
             ("the logits", u64::from(t) * u64::from(vocab)),
             (
                 "the MLP activations",
-                u64::from(t) * cfg.intermediate_size as u64,
+                2 * u64::from(t) * cfg.intermediate_size as u64,
             ),
         ];
         for (what, floats) in sizes {
@@ -494,17 +497,14 @@ impl Engine {
             h: storage(dev, "h", u64::from(t * d)),
             x: storage(dev, "x", u64::from(t * d)),
             y: storage(dev, "y", u64::from(t * d)),
-            q: storage(dev, "q", u64::from(t * heads * hd)),
-            k: storage(dev, "k", u64::from(t * kv_heads * hd)),
-            v: storage(dev, "v", u64::from(t * kv_heads * hd)),
+            qkv: storage(dev, "qkv", u64::from(t * (heads + 2 * kv_heads) * hd)),
             att: storage(dev, "att", u64::from(t * heads * hd)),
             scores: storage(
                 dev,
                 "scores",
                 u64::from(heads) * u64::from(t) * u64::from(t),
             ),
-            ff_a: storage(dev, "ff_a", ff),
-            ff_b: storage(dev, "ff_b", ff),
+            ff_ab: storage(dev, "ff_ab", 2 * ff),
             ff_c: storage(dev, "ff_c", ff),
             logits: storage(dev, "logits", u64::from(t) * u64::from(vocab)),
             head_out: storage(dev, "head_out", u64::from(head_len)),
@@ -563,20 +563,25 @@ impl Engine {
             match *sink {
                 Sink::Slot(s) => r.row_stats(&b.sources, slot_off(s), s * t, st.output_rms),
                 Sink::StartPartial(s) | Sink::AddToPartial(s) => {
-                    r.row_stats(&b.y, 0, NONE, st.output_rms);
-                    let kernel = if matches!(sink, Sink::StartPartial(_)) {
-                        KernelId::Copy
-                    } else {
-                        KernelId::Accumulate
-                    };
-                    r.elementwise(
-                        kernel,
-                        t * d,
-                        (&b.y, 0),
-                        (&b.y, 0),
-                        (&b.sources, slot_off(s)),
+                    let start = u32::from(matches!(sink, Sink::StartPartial(_)));
+                    let params = [
+                        t,
+                        d,
+                        0,
+                        slot_off(s),
+                        start,
+                        0,
+                        s * t,
+                        st.partial_rms,
+                        st.output_rms,
+                    ];
+                    let dummy = &model.dummy;
+                    r.plan.push(
+                        KernelId::PartialUpdate,
+                        &params,
+                        &[&b.y, dummy, dummy, &b.sources, &b.stats],
+                        row_groups(t),
                     );
-                    r.row_stats(&b.sources, slot_off(s), s * t, st.partial_rms);
                 }
             }
         }

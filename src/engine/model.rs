@@ -20,9 +20,9 @@ pub(crate) struct GpuNorm {
 }
 
 pub(crate) enum GpuMlp {
+    /// `gate_up` is gate and up stacked: one GEMM gives `[T, 2F]` (gate columns first).
     SwiGlu {
-        gate: GpuLinear,
-        up: GpuLinear,
+        gate_up: GpuLinear,
         down: GpuLinear,
     },
     Gelu {
@@ -33,9 +33,8 @@ pub(crate) enum GpuMlp {
 
 pub(crate) struct GpuLayer {
     pub attn_norm: GpuNorm,
-    pub q: GpuLinear,
-    pub k: GpuLinear,
-    pub v: GpuLinear,
+    /// q, k and v projections stacked: one GEMM gives `[T, (heads + 2 kv_heads) * hd]`.
+    pub qkv: GpuLinear,
     pub o: GpuLinear,
     pub mlp_norm: GpuNorm,
     pub mlp: GpuMlp,
@@ -129,6 +128,43 @@ impl Engine {
         })
     }
 
+    /// Several linears with the same input as one: weights stacked along the output, biases
+    /// likewise (zeros where a part has none). One GEMM then replaces several small dispatches.
+    fn upload_stacked(&self, label: &str, parts: &[&Linear]) -> Result<GpuLinear, Error> {
+        let mut weight = Vec::new();
+        let mut bias = Vec::new();
+        let mut out = 0;
+        let mut inp = None;
+        for l in parts {
+            let (o, i) = l
+                .weight
+                .dims2()
+                .map_err(|e| Error::Unsupported(format!("linear `{label}`: {e}")))?;
+            if inp.is_some_and(|prev| prev != i) {
+                return Err(Error::Unsupported(format!(
+                    "linear `{label}`: stacked parts take inputs of {} and {i} features",
+                    inp.unwrap_or(0)
+                )));
+            }
+            inp = Some(i);
+            weight.extend(values(&l.weight)?);
+            match &l.bias {
+                Some(b) => bias.extend(values(b)?),
+                None => bias.resize(bias.len() + o, 0.0),
+            }
+            out += o;
+        }
+        let has_bias = parts.iter().any(|l| l.bias.is_some());
+        Ok(GpuLinear {
+            weight: self.upload_values(label, &weight)?,
+            bias: has_bias
+                .then(|| self.upload_values(label, &bias))
+                .transpose()?,
+            out: out as u32,
+            inp: inp.unwrap_or(0) as u32,
+        })
+    }
+
     fn upload_norm(&self, label: &str, n: &Norm) -> Result<GpuNorm, Error> {
         Ok(GpuNorm {
             weight: self.upload(label, &n.weight)?,
@@ -175,8 +211,7 @@ impl Engine {
             let p = |s: &str| format!("L{i}.{s}");
             let mlp = match &l.mlp {
                 Mlp::SwiGlu { gate, up, down } => GpuMlp::SwiGlu {
-                    gate: self.upload_linear(&p("gate"), gate)?,
-                    up: self.upload_linear(&p("up"), up)?,
+                    gate_up: self.upload_stacked(&p("gate_up"), &[gate, up])?,
                     down: self.upload_linear(&p("down"), down)?,
                 },
                 Mlp::Gelu { fc, proj } => GpuMlp::Gelu {
@@ -186,9 +221,7 @@ impl Engine {
             };
             layers.push(GpuLayer {
                 attn_norm: self.upload_norm(&p("attn_norm"), &l.attn_norm)?,
-                q: self.upload_linear(&p("q"), &l.q)?,
-                k: self.upload_linear(&p("k"), &l.k)?,
-                v: self.upload_linear(&p("v"), &l.v)?,
+                qkv: self.upload_stacked(&p("qkv"), &[&l.q, &l.k, &l.v])?,
                 o: self.upload_linear(&p("o"), &l.o)?,
                 mlp_norm: self.upload_norm(&p("mlp_norm"), &l.mlp_norm)?,
                 mlp,
