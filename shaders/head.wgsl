@@ -1,7 +1,8 @@
 // Per position t over the logits row [vocab] (one workgroup each): log-sum-exp, the top-K
 // predictions (ids and probabilities) and, when a target exists, the next-token loss term
-// lse - logit[target]. K and WG are prepended by engine/head.rs. Each thread keeps its own
-// top-K of a strided slice; thread 0 merges the WG * K candidates.
+// lse - logit[target]. K and WG are prepended by engine/kernels.rs. One read of the row: each
+// thread keeps a running max and rescaled sum of exponentials (online softmax) and its own top-K
+// of a strided slice; the WG lists are then merged pairwise in log2(WG) rounds.
 
 struct Params { t: u32, vocab: u32, logits_off: u32, out_off: u32 }
 
@@ -10,8 +11,18 @@ struct Params { t: u32, vocab: u32, logits_off: u32, out_off: u32 }
 @group(0) @binding(2) var<storage, read> targets: array<u32>;
 @group(0) @binding(3) var<storage, read_write> out: array<f32>; // per t: K ids (as f32 bits), K probs, nll
 
+const NO_ID: u32 = 0xffffffffu;
+
 var<workgroup> cand_v: array<f32, WG * K>;
 var<workgroup> cand_i: array<u32, WG * K>;
+
+// Candidate (v, i) ranks before (w, j): higher value, ties to the lower id (as a stable sort of
+// the logits would order them). Empty slots (NO_ID) rank last.
+fn before(v: f32, i: u32, w: f32, j: u32) -> bool {
+    if (i == NO_ID) { return false; }
+    if (j == NO_ID) { return true; }
+    return v > w || (v == w && i < j);
+}
 
 @compute @workgroup_size(WG)
 fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
@@ -19,43 +30,53 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
     if (t >= p.t) { return; }
     let base = p.logits_off + t * p.vocab;
     var m = -3.0e38;
-    for (var j = lid; j < p.vocab; j += WG) { m = max(m, logits[base + j]); }
-    m = workgroup_max(lid, m);
     var s = 0.0;
-    for (var j = lid; j < p.vocab; j += WG) { s += exp(logits[base + j] - m); }
-    s = workgroup_sum(lid, s);
     var tv: array<f32, K>;
     var ti: array<u32, K>;
-    for (var k = 0u; k < K; k++) { tv[k] = -3.4e38; ti[k] = 0xffffffffu; }
+    for (var k = 0u; k < K; k++) { tv[k] = -3.4e38; ti[k] = NO_ID; }
     for (var j = lid; j < p.vocab; j += WG) {
         let v = logits[base + j];
-        if (v > tv[K - 1u]) {
+        if (v > m) { s = s * exp(m - v); m = v; }
+        s += exp(v - m);
+        if (v > tv[K - 1u] || ti[K - 1u] == NO_ID) {
             var pos = K - 1u;
-            while (pos > 0u && v > tv[pos - 1u]) { tv[pos] = tv[pos - 1u]; ti[pos] = ti[pos - 1u]; pos--; }
+            while (pos > 0u && (v > tv[pos - 1u] || ti[pos - 1u] == NO_ID)) {
+                tv[pos] = tv[pos - 1u]; ti[pos] = ti[pos - 1u]; pos--;
+            }
             tv[pos] = v; ti[pos] = j;
         }
     }
+    let gm = workgroup_max(lid, m);
+    let total = workgroup_sum(lid, s * exp(m - gm));
     for (var k = 0u; k < K; k++) { cand_v[lid * K + k] = tv[k]; cand_i[lid * K + k] = ti[k]; }
     workgroupBarrier();
+    // Pairwise merges of sorted lists: after the round with stride h, list lid holds the best K
+    // of lists lid .. lid + 2h - 1.
+    for (var h = WG / 2u; h > 0u; h >>= 1u) {
+        if (lid < h) {
+            var a = lid * K;
+            var b = (lid + h) * K;
+            let a_end = a + K;
+            let b_end = b + K;
+            for (var k = 0u; k < K; k++) {
+                let take_a = b >= b_end || (a < a_end && !before(cand_v[b], cand_i[b], cand_v[a], cand_i[a]));
+                if (take_a) { tv[k] = cand_v[a]; ti[k] = cand_i[a]; a++; } else { tv[k] = cand_v[b]; ti[k] = cand_i[b]; b++; }
+            }
+        }
+        workgroupBarrier();
+        if (lid < h) {
+            for (var k = 0u; k < K; k++) { cand_v[lid * K + k] = tv[k]; cand_i[lid * K + k] = ti[k]; }
+        }
+        workgroupBarrier();
+    }
     if (lid == 0u) {
         let ob = p.out_off + t * (2u * K + 1u);
         for (var k = 0u; k < K; k++) {
-            var best = 0u;
-            var best_v = -3.4e38;
-            var best_i = 0xffffffffu;
-            for (var c = 0u; c < WG * K; c++) {
-                let ci = cand_i[c];
-                // Highest value, ties to the lower id (as a stable sort of the logits would).
-                if (ci != 0xffffffffu && (cand_v[c] > best_v || (cand_v[c] == best_v && ci < best_i))) {
-                    best = c; best_v = cand_v[c]; best_i = ci;
-                }
-            }
-            cand_i[best] = 0xffffffffu;
-            out[ob + k] = bitcast<f32>(best_i);
-            out[ob + K + k] = exp(best_v - m) / s;
+            out[ob + k] = bitcast<f32>(cand_i[k]);
+            out[ob + K + k] = exp(cand_v[k] - gm) / total;
         }
         var nll = 0.0;
-        if (t + 1u < p.t) { nll = (m + log(s)) - logits[base + targets[t + 1u]]; }
+        if (t + 1u < p.t) { nll = (gm + log(total)) - logits[base + targets[t + 1u]]; }
         out[ob + 2u * K] = nll;
     }
 }

@@ -9,8 +9,8 @@ use anyhow::{bail, Context};
 use clap::Args;
 
 use crate::engine::kernels::{
-    GemmChoice, KernelId, MATMUL_LARGE, MATMUL_MID, MATMUL_SKINNY, MATMUL_SMALL, NT_LARGE, NT_MID,
-    NT_SMALL, SPLIT_PARTIAL_FLOATS,
+    GemmChoice, KernelId, NtTile, MATMUL_LARGE, MATMUL_MID, MATMUL_SKINNY, MATMUL_SMALL, NT_LARGE,
+    NT_MID, NT_SMALL, SPLIT_PARTIAL_FLOATS,
 };
 use crate::engine::matmul::Gemm;
 use crate::engine::{Engine, GpuTraceOptions};
@@ -202,6 +202,33 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
                 );
             }
         }
+        if args.sweep {
+            println!("\n| GEMM | NT tile (bm x bn, bk, tm x tn) | splits | ms | TFLOP/s |\n|---|---|---|---|---|");
+            for (m, n, k, name) in &shapes {
+                let (m, n, k) = (*m, *n, *k);
+                let flop = 2.0 * (m * n * k) as f64;
+                for tile in TILE_CANDIDATES {
+                    if m > 64 && tile.bm < 64 {
+                        continue;
+                    }
+                    for splits in [1u32, 2, 4] {
+                        if splits > 1 && (m > 64 || k < 512) {
+                            continue;
+                        }
+                        let ms = engine.time_matmul_tile((m, n, k), tile, splits, 10, 5)?;
+                        println!(
+                            "| {name} | {}x{}, {}, {}x{} | {splits} | {ms:.4} | {:.2} |",
+                            tile.bm,
+                            tile.bn,
+                            tile.bk,
+                            tile.tm,
+                            tile.tn,
+                            flop / (ms * 1e-3) / 1e12
+                        );
+                    }
+                }
+            }
+        }
         return Ok(ExitCode::SUCCESS);
     }
     let gpu_model = match &engine {
@@ -345,3 +372,77 @@ fn gemm_candidates(m: u32, n: u32, k: u32) -> Vec<GemmChoice> {
     }
     out
 }
+
+/// NT tiles the `--sweep` tries beyond the table's (8 x 8 ones take the named-register kernel).
+const TILE_CANDIDATES: [NtTile; 10] = [
+    NtTile {
+        bm: 128,
+        bn: 128,
+        bk: 8,
+        tm: 8,
+        tn: 8,
+    },
+    NtTile {
+        bm: 128,
+        bn: 128,
+        bk: 16,
+        tm: 8,
+        tn: 8,
+    },
+    NtTile {
+        bm: 128,
+        bn: 128,
+        bk: 32,
+        tm: 8,
+        tn: 8,
+    },
+    NtTile {
+        bm: 128,
+        bn: 64,
+        bk: 16,
+        tm: 8,
+        tn: 8,
+    },
+    NtTile {
+        bm: 64,
+        bn: 64,
+        bk: 32,
+        tm: 4,
+        tn: 4,
+    },
+    NtTile {
+        bm: 128,
+        bn: 64,
+        bk: 16,
+        tm: 8,
+        tn: 4,
+    },
+    NtTile {
+        bm: 32,
+        bn: 64,
+        bk: 32,
+        tm: 4,
+        tn: 4,
+    },
+    NtTile {
+        bm: 32,
+        bn: 64,
+        bk: 64,
+        tm: 4,
+        tn: 4,
+    },
+    NtTile {
+        bm: 16,
+        bn: 64,
+        bk: 64,
+        tm: 4,
+        tn: 4,
+    },
+    NtTile {
+        bm: 64,
+        bn: 32,
+        bk: 64,
+        tm: 4,
+        tn: 4,
+    },
+];

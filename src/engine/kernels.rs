@@ -428,8 +428,13 @@ pub const KERNELS: &[KernelSpec] = &[
 
 /// The full WGSL of a kernel: its constants, the shared reductions if used, then the file.
 pub fn wgsl(spec: &KernelSpec) -> String {
+    wgsl_with(spec, spec.consts)
+}
+
+/// A kernel's WGSL with other constants than its table entry's (tile experiments).
+fn wgsl_with(spec: &KernelSpec, consts: &[(&str, u32)]) -> String {
     let mut s = String::new();
-    for (name, value) in spec.consts {
+    for (name, value) in consts {
         s.push_str(&format!("const {name}: u32 = {value}u;\n"));
     }
     if spec.common {
@@ -440,6 +445,7 @@ pub fn wgsl(spec: &KernelSpec) -> String {
 }
 
 /// A compiled kernel ready to dispatch.
+#[derive(Clone)]
 pub struct Kernel {
     pub name: &'static str,
     pub pipeline: wgpu::ComputePipeline,
@@ -451,7 +457,11 @@ pub struct Kernel {
 pub const PARAMS_BINDING_SIZE: u64 = 256;
 
 pub fn build(device: &wgpu::Device, spec: &KernelSpec) -> Kernel {
-    let source = wgsl(spec);
+    build_with(device, spec, spec.consts)
+}
+
+fn build_with(device: &wgpu::Device, spec: &KernelSpec, consts: &[(&str, u32)]) -> Kernel {
+    let source = wgsl_with(spec, consts);
     // SAFETY: every kernel guards its own indices (partial tiles, odd sizes); the parity tests on
     // non-tile-multiple sizes prove the guards. Runtime bounds checks cost ~50x on GEMM (GPU.md).
     let module = unsafe {
@@ -542,6 +552,41 @@ pub struct Kernels {
 }
 
 impl Kernels {
+    /// These kernels with the NT GEMM slot of `tile`'s entry point (8 x 8 or generic) rebuilt
+    /// for `tile`: what `bench --matmul --sweep` times candidate tiles with.
+    pub fn with_nt_tile(
+        &self,
+        device: &wgpu::Device,
+        tile: NtTile,
+    ) -> Result<(Self, KernelId), String> {
+        if !nt_tile_is_valid(tile) {
+            return Err(format!(
+                "{tile:?}: every thread must load whole vec4s of both slices"
+            ));
+        }
+        let id = if tile.tm == 8 && tile.tn == 8 {
+            KernelId::MatmulNtLarge
+        } else {
+            KernelId::MatmulNtMid
+        };
+        let spec = &KERNELS[id as usize];
+        let consts: Vec<(&str, u32)> = spec
+            .consts
+            .iter()
+            .map(|&(name, v)| match name {
+                "GBM" => (name, tile.bm),
+                "GBN" => (name, tile.bn),
+                "GBK" => (name, tile.bk),
+                "GTM" => (name, tile.tm),
+                "GTN" => (name, tile.tn),
+                _ => (name, v),
+            })
+            .collect();
+        let mut kernels = self.kernels.clone();
+        kernels[id as usize] = build_with(device, spec, &consts);
+        Ok((Self { kernels }, id))
+    }
+
     pub fn build_all(device: &wgpu::Device) -> Self {
         Self {
             kernels: KERNELS.iter().map(|s| build(device, s)).collect(),

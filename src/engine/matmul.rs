@@ -3,7 +3,7 @@
 
 use wgpu::util::DeviceExt;
 
-use super::kernels::{choose_gemm, GemmChoice, KernelId, SPLIT_PARTIAL_FLOATS};
+use super::kernels::{choose_gemm, GemmChoice, KernelId, Kernels, NtTile, SPLIT_PARTIAL_FLOATS};
 use super::plan::Plan;
 use super::{Engine, Error};
 
@@ -228,8 +228,46 @@ impl Engine {
     /// `reps` submissions of `iters` back-to-back GEMMs each, after one warm-up submission.
     pub fn time_matmul(
         &self,
-        (m, n, k): (usize, usize, usize),
+        shape: (usize, usize, usize),
         forced: Option<GemmChoice>,
+        iters: usize,
+        reps: usize,
+    ) -> Result<f64, Error> {
+        let (m, n, k) = shape;
+        let choice = forced.unwrap_or_else(|| Gemm::nt(m as u32, n as u32, k as u32).choice());
+        self.time_gemm_with(&self.kernels, shape, choice, iters, reps)
+    }
+
+    /// Like [`Engine::time_matmul`] for an NT tile that is not in the kernel table, split
+    /// `splits` ways.
+    pub fn time_matmul_tile(
+        &self,
+        shape: (usize, usize, usize),
+        tile: NtTile,
+        splits: u32,
+        iters: usize,
+        reps: usize,
+    ) -> Result<f64, Error> {
+        let (kernels, kernel) = self
+            .kernels
+            .with_nt_tile(&self.device, tile)
+            .map_err(Error::Unsupported)?;
+        let k = shape.2 as u32;
+        let k_chunk = k.div_ceil(splits.max(1)).div_ceil(tile.bk) * tile.bk;
+        let choice = GemmChoice {
+            kernel,
+            tile: (tile.bm, tile.bn),
+            splits: k.div_ceil(k_chunk),
+            k_chunk,
+        };
+        self.time_gemm_with(&kernels, shape, choice, iters, reps)
+    }
+
+    fn time_gemm_with(
+        &self,
+        kernels: &Kernels,
+        (m, n, k): (usize, usize, usize),
+        choice: GemmChoice,
         iters: usize,
         reps: usize,
     ) -> Result<f64, Error> {
@@ -241,9 +279,7 @@ impl Engine {
             .collect();
         let [ab, bb, bias, cb] = self.gemm_buffers(&a, &b, m * n)?;
         let partials = partials_buffer(&self.device);
-        let (m, n, k) = (m as u32, n as u32, k as u32);
-        let g = Gemm::nt(m, n, k);
-        let choice = forced.unwrap_or_else(|| g.choice());
+        let g = Gemm::nt(m as u32, n as u32, k as u32);
         let mut plan = Plan::new(self.limits.min_uniform_buffer_offset_alignment);
         for _ in 0..iters.max(1) {
             push_gemm(
@@ -254,11 +290,11 @@ impl Engine {
                 false,
             );
         }
-        let recorded = plan.build(&self.device, &self.kernels);
+        let recorded = plan.build(&self.device, kernels);
         let mut times = Vec::new();
         for rep in 0..=reps.max(1) {
             let mut encoder = self.device.create_command_encoder(&Default::default());
-            recorded.encode(&self.kernels, &mut encoder, None);
+            recorded.encode(kernels, &mut encoder, None);
             let started = std::time::Instant::now();
             self.queue.submit([encoder.finish()]);
             self.device
