@@ -231,7 +231,8 @@ fn check_gemm(
     let got = engine().matmul_nt(&a, &b, (m, n, k), forced).unwrap();
     let want = reference_nt(&a, &b, m, n, k);
     let err = common::normwise_err(&got, &want);
-    let choice = forced.unwrap_or_else(|| Gemm::nt(m as u32, n as u32, k as u32).choice());
+    let policy = GemmPolicy::default();
+    let choice = forced.unwrap_or_else(|| Gemm::nt(m as u32, n as u32, k as u32).choice(&policy));
     assert!(
         err < 1e-5,
         "GEMM {m}x{n}x{k} ({choice:?}): max |diff| / max |c| = {err:.2e}"

@@ -48,6 +48,15 @@ pub struct BenchArgs {
     /// With --matmul: also time every GEMM kernel and split count, not only the chosen one.
     #[arg(long, requires = "matmul")]
     pub sweep: bool,
+    /// GEMM policy: workgroups that fill the GPU (smaller tiles, then split-K below it).
+    #[arg(long)]
+    pub gemm_fill: Option<u64>,
+    /// GEMM policy: fewest k per split.
+    #[arg(long)]
+    pub min_split_k: Option<u32>,
+    /// GEMM policy: the short-prompt NT tile as BM,BN,BK,TM,TN.
+    #[arg(long, value_delimiter = ',', num_args = 5)]
+    pub small_tile: Option<Vec<u32>>,
 }
 
 /// The synthetic models of GPU.md's anchors.
@@ -142,7 +151,26 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     };
     let engine = match args.device {
         DeviceChoice::Cpu => None,
-        _ => Some(Engine::new()?),
+        _ => {
+            let mut engine = Engine::new()?;
+            let mut policy = *engine.gemm_policy();
+            policy.fill = args.gemm_fill.unwrap_or(policy.fill);
+            policy.min_split_k = args.min_split_k.unwrap_or(policy.min_split_k);
+            if let Some(t) = &args.small_tile {
+                policy.small = NtTile {
+                    bm: t[0],
+                    bn: t[1],
+                    bk: t[2],
+                    tm: t[3],
+                    tn: t[4],
+                };
+            }
+            if policy != *engine.gemm_policy() {
+                engine.set_gemm_policy(policy)?;
+                println!("GEMM policy: {policy:?}");
+            }
+            Some(engine)
+        }
     };
     let device = engine
         .as_ref()
@@ -183,7 +211,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         for (m, n, k, name) in &shapes {
             let (m, n, k) = (*m, *n, *k);
             let flop = 2.0 * (m * n * k) as f64;
-            let chosen = Gemm::nt(m as u32, n as u32, k as u32).choice();
+            let chosen = Gemm::nt(m as u32, n as u32, k as u32).choice(engine.gemm_policy());
             let mut candidates = vec![chosen];
             if args.sweep {
                 candidates.extend(gemm_candidates(m as u32, n as u32, k as u32));

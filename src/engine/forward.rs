@@ -152,6 +152,7 @@ const USAGE: wgpu::BufferUsages = wgpu::BufferUsages::STORAGE
 
 struct Recorder<'a> {
     plan: Plan,
+    policy: &'a super::kernels::GemmPolicy,
     model: &'a GpuModel,
     b: &'a Buffers,
     t: u32,
@@ -169,7 +170,7 @@ impl Recorder<'_> {
         let has_bias = bias.is_some();
         let bias = bias.unwrap_or(&self.model.dummy);
         let buffers = [a, b, bias, c, &self.b.partials];
-        push_gemm(&mut self.plan, &g, g.choice(), buffers, has_bias);
+        push_gemm(&mut self.plan, &g, g.choice(self.policy), buffers, has_bias);
     }
 
     /// `out[:, :l.out] (at out_off) = x W^T + bias` for x `[T, l.inp]`.
@@ -516,6 +517,7 @@ impl Engine {
         };
         let mut r = Recorder {
             plan: Plan::new(self.limits.min_uniform_buffer_offset_alignment),
+            policy: &self.gemm_policy,
             model,
             b: &b,
             t,

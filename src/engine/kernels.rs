@@ -97,14 +97,32 @@ const _: () = assert!(NT_LARGE.tm == 8 && NT_LARGE.tn == 8);
 const _: () =
     assert!(nt_tile_is_valid(NT_LARGE) && nt_tile_is_valid(NT_MID) && nt_tile_is_valid(NT_SMALL));
 
-/// Workgroups that keep a large GPU busy (two per multiprocessor of an H100's 132); below this a
-/// GEMM takes a smaller tile, then splits K.
-pub const FILL_WORKGROUPS: u64 = 264;
-/// Split-K never leaves a split fewer than this many k: the extra reduction dispatch costs about
-/// what a shorter K saves below it (measured on the H100, BENCHMARKS.md).
-pub const MIN_SPLIT_K: u32 = 384;
+/// How GEMMs pick their tile and split: the defaults were measured on the H100 (BENCHMARKS.md);
+/// `bench --gemm-fill/--min-split-k/--small-tile` tries others on a whole forward.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GemmPolicy {
+    /// Workgroups that keep the GPU busy (two per multiprocessor of an H100's 132); below this
+    /// a GEMM takes a smaller tile, then splits K.
+    pub fill: u64,
+    /// Split-K never leaves a split fewer than this many k: the extra reduction dispatch costs
+    /// about what a shorter K saves below it.
+    pub min_split_k: u32,
+    /// The tile of short prompts' GEMMs (the `matmul_nt_small` kernel is built for it).
+    pub small: NtTile,
+}
+
+impl Default for GemmPolicy {
+    fn default() -> Self {
+        Self {
+            fill: 264,
+            min_split_k: 384,
+            small: NT_SMALL,
+        }
+    }
+}
+
 /// Most partial sums split-K may hold: (FILL_WORKGROUPS * 2) full NT_MID tiles' worth.
-pub const SPLIT_PARTIAL_FLOATS: u64 = 2 * FILL_WORKGROUPS * (NT_MID.bm * NT_MID.bn) as u64;
+pub const SPLIT_PARTIAL_FLOATS: u64 = 2 * 264 * (NT_MID.bm * NT_MID.bn) as u64;
 
 /// How one GEMM runs: the kernel, its (rows, columns) tile, and how many k-splits (1: none).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -119,7 +137,12 @@ pub struct GemmChoice {
 /// operands suit the NT fast path (`nt_ok`); then the largest NT tile that still fills the GPU,
 /// else the smallest one with K split until it does (batch 1 only, partials within
 /// [`SPLIT_PARTIAL_FLOATS`]).
-pub fn choose_gemm(m: u32, n: u32, k: u32, batch: u32, nt_ok: bool) -> GemmChoice {
+pub fn choose_gemm(
+    policy: &GemmPolicy,
+    (m, n, k): (u32, u32, u32),
+    batch: u32,
+    nt_ok: bool,
+) -> GemmChoice {
     let whole = |kernel, tile: (u32, u32)| GemmChoice {
         kernel,
         tile,
@@ -138,17 +161,17 @@ pub fn choose_gemm(m: u32, n: u32, k: u32, batch: u32, nt_ok: bool) -> GemmChoic
         (KernelId::MatmulNtMid, NT_MID),
     ] {
         // A half-empty tile wastes what a smaller one would not.
-        if m >= t.bm && wgs(t) >= FILL_WORKGROUPS {
+        if m >= t.bm && wgs(t) >= policy.fill {
             return whole(kernel, (t.bm, t.bn));
         }
     }
-    let t = NT_SMALL;
+    let t = policy.small;
     let tiles = wgs(t);
     let mut splits = 1u32;
     if batch <= 1 {
         let padded = u64::from(m.div_ceil(t.bm) * t.bm) * u64::from(n.div_ceil(t.bn) * t.bn);
-        let want = FILL_WORKGROUPS.div_ceil(tiles) as u32;
-        let by_k = (k / MIN_SPLIT_K).max(1);
+        let want = policy.fill.div_ceil(tiles) as u32;
+        let by_k = (k / policy.min_split_k.max(1)).max(1);
         let by_space = (SPLIT_PARTIAL_FLOATS / padded.max(1)).max(1) as u32;
         splits = want.min(by_k).min(by_space).max(1);
     }
@@ -552,23 +575,32 @@ pub struct Kernels {
 }
 
 impl Kernels {
-    /// These kernels with the NT GEMM slot of `tile`'s entry point (8 x 8 or generic) rebuilt
-    /// for `tile`: what `bench --matmul --sweep` times candidate tiles with.
+    /// These kernels with one NT GEMM slot rebuilt for `tile`: `slot`, or the slot of the
+    /// tile's entry point (8 x 8: `matmul_nt_large`, else `matmul_nt_mid`). What `bench
+    /// --matmul --sweep` times candidate tiles with, and a GEMM policy's small tile swaps in.
     pub fn with_nt_tile(
         &self,
         device: &wgpu::Device,
         tile: NtTile,
+        slot: Option<KernelId>,
     ) -> Result<(Self, KernelId), String> {
         if !nt_tile_is_valid(tile) {
             return Err(format!(
                 "{tile:?}: every thread must load whole vec4s of both slices"
             ));
         }
-        let id = if tile.tm == 8 && tile.tn == 8 {
-            KernelId::MatmulNtLarge
-        } else {
-            KernelId::MatmulNtMid
+        let large = tile.tm == 8 && tile.tn == 8;
+        let id = match slot {
+            Some(id) => id,
+            None if large => KernelId::MatmulNtLarge,
+            None => KernelId::MatmulNtMid,
         };
+        if (id == KernelId::MatmulNtLarge) != large {
+            return Err(format!(
+                "{tile:?} does not fit the {} kernel",
+                KERNELS[id as usize].name
+            ));
+        }
         let spec = &KERNELS[id as usize];
         let consts: Vec<(&str, u32)> = spec
             .consts

@@ -3,7 +3,9 @@
 
 use wgpu::util::DeviceExt;
 
-use super::kernels::{choose_gemm, GemmChoice, KernelId, Kernels, NtTile, SPLIT_PARTIAL_FLOATS};
+use super::kernels::{
+    choose_gemm, GemmChoice, GemmPolicy, KernelId, Kernels, NtTile, SPLIT_PARTIAL_FLOATS,
+};
 use super::plan::Plan;
 use super::{Engine, Error};
 
@@ -66,8 +68,13 @@ impl Gemm {
             .all(|v| v.is_multiple_of(4))
     }
 
-    pub fn choice(&self) -> GemmChoice {
-        choose_gemm(self.m, self.n, self.k, self.batch.max(1), self.nt_aligned())
+    pub fn choice(&self, policy: &GemmPolicy) -> GemmChoice {
+        choose_gemm(
+            policy,
+            (self.m, self.n, self.k),
+            self.batch.max(1),
+            self.nt_aligned(),
+        )
     }
 
     fn params(&self, has_bias: bool, choice: &GemmChoice) -> [u32; 24] {
@@ -200,7 +207,7 @@ impl Engine {
         let mut plan = Plan::new(self.limits.min_uniform_buffer_offset_alignment);
         let (m, n, k) = (m as u32, n as u32, k as u32);
         let g = Gemm::nt(m, n, k);
-        let choice = forced.unwrap_or_else(|| g.choice());
+        let choice = forced.unwrap_or_else(|| g.choice(&self.gemm_policy));
         push_gemm(
             &mut plan,
             &g,
@@ -234,7 +241,9 @@ impl Engine {
         reps: usize,
     ) -> Result<f64, Error> {
         let (m, n, k) = shape;
-        let choice = forced.unwrap_or_else(|| Gemm::nt(m as u32, n as u32, k as u32).choice());
+        let iters = iters_for(shape, iters);
+        let choice = forced
+            .unwrap_or_else(|| Gemm::nt(m as u32, n as u32, k as u32).choice(&self.gemm_policy));
         self.time_gemm_with(&self.kernels, shape, choice, iters, reps)
     }
 
@@ -248,9 +257,10 @@ impl Engine {
         iters: usize,
         reps: usize,
     ) -> Result<f64, Error> {
+        let iters = iters_for(shape, iters);
         let (kernels, kernel) = self
             .kernels
-            .with_nt_tile(&self.device, tile)
+            .with_nt_tile(&self.device, tile, None)
             .map_err(Error::Unsupported)?;
         let k = shape.2 as u32;
         let k_chunk = k.div_ceil(splits.max(1)).div_ceil(tile.bk) * tile.bk;
@@ -307,4 +317,11 @@ impl Engine {
         times.sort_by(f64::total_cmp);
         Ok(times[times.len() / 2])
     }
+}
+
+/// At least `iters` GEMMs per timed submission, more for small ones, so that submitting and
+/// waiting (tens of microseconds) stays a small part of each measurement.
+fn iters_for((m, n, k): (usize, usize, usize), iters: usize) -> usize {
+    let flop = 2.0 * (m * n * k) as f64;
+    iters.max((2e10 / flop).min(200.0) as usize)
 }

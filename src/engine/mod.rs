@@ -42,6 +42,7 @@ pub struct Engine {
     pub(crate) queue: wgpu::Queue,
     pub(crate) kernels: Kernels,
     pub(crate) limits: wgpu::Limits,
+    pub(crate) gemm_policy: kernels::GemmPolicy,
     adapter_name: String,
 }
 
@@ -108,16 +109,37 @@ impl Engine {
             queue,
             kernels,
             limits,
+            gemm_policy: Default::default(),
             adapter_name: format!("{} ({:?})", info.name, info.backend),
         }
     }
 
-    /// The adapter, as the Trace's `device` field names it.
     /// A kernel's name as the profile tables print it.
     pub fn kernel_name(&self, id: kernels::KernelId) -> &'static str {
         self.kernels.get(id).name
     }
 
+    pub fn gemm_policy(&self) -> &kernels::GemmPolicy {
+        &self.gemm_policy
+    }
+
+    /// Choose GEMM tiles and splits by `policy` (rebuilding the short-prompt kernel for its tile).
+    /// Call before loading models: prepared forwards keep the kernels they were built with.
+    pub fn set_gemm_policy(&mut self, policy: kernels::GemmPolicy) -> Result<(), Error> {
+        let (rebuilt, _) = self
+            .kernels
+            .with_nt_tile(
+                &self.device,
+                policy.small,
+                Some(kernels::KernelId::MatmulNtSmall),
+            )
+            .map_err(Error::Unsupported)?;
+        self.kernels = rebuilt;
+        self.gemm_policy = policy;
+        Ok(())
+    }
+
+    /// The adapter, as the Trace's `device` field names it.
     pub fn adapter_name(&self) -> &str {
         &self.adapter_name
     }
