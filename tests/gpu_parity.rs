@@ -5,7 +5,9 @@ mod common;
 
 use std::sync::OnceLock;
 
-use depthlens::engine::kernels::{wgsl, GemmChoice, KernelId, KERNELS, NT_LARGE, NT_MID, NT_SMALL};
+use depthlens::engine::kernels::{
+    wgsl, GemmChoice, GemmPolicy, KernelId, KERNELS, NT_LARGE, NT_MID, NT_SMALL,
+};
 use depthlens::engine::matmul::Gemm;
 use depthlens::engine::{Engine, GpuTraceOptions};
 use depthlens::model::random::Rng;
