@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 torch.backends.cuda.matmul.allow_tf32 = False
 torch.backends.cudnn.allow_tf32 = False
-dev = "cuda"
+dev = torch.device("cuda")
 
 
 def config(spec):
@@ -129,14 +129,15 @@ def trace(model, ids):
 
 
 def time_ms(fn, iters, warmup=3):
+    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
     for _ in range(warmup):
         fn()
-    torch.cuda.synchronize()
+    sync()
     out = []
     for _ in range(iters):
         t0 = time.perf_counter()
         fn()
-        torch.cuda.synchronize()
+        sync()
         out.append((time.perf_counter() - t0) * 1e3)
     return sorted(out)[len(out) // 2]
 
@@ -148,9 +149,17 @@ def main():
     ap.add_argument("--iters", type=int, default=20)
     ap.add_argument("--compile", action="store_true", help="also torch.compile default and reduce-overhead")
     ap.add_argument("--matmul", action="store_true")
+    ap.add_argument("--cpu-threads", type=int, help="run on the CPU with this many threads (the candle reference's anchor)")
     a = ap.parse_args()
     c = config(a.synthetic)
-    print(f"PyTorch {torch.__version__} on {torch.cuda.get_device_name()}, fp32, TF32 off; model {a.synthetic} {c}")
+    global dev
+    if a.cpu_threads:
+        dev = torch.device("cpu")
+        torch.set_num_threads(a.cpu_threads)
+        where = f"CPU, {torch.get_num_threads()} threads"
+    else:
+        where = torch.cuda.get_device_name()
+    print(f"PyTorch {torch.__version__} on {where}, fp32, TF32 off; model {a.synthetic} {c}")
     if a.matmul:
         print("\n| GEMM (M x K) x (N x K)^T | ms | TFLOP/s |\n|---|---|---|")
         d, q = c["d"], c["H"] * (c["d"] // c["H"])

@@ -55,7 +55,7 @@ pub struct BenchArgs {
     #[arg(long)]
     pub min_split_k: Option<u32>,
     /// GEMM policy: the short-prompt NT tile as BM,BN,BK,TM,TN.
-    #[arg(long, value_delimiter = ',', num_args = 5)]
+    #[arg(long, value_delimiter = ',')]
     pub small_tile: Option<Vec<u32>>,
 }
 
@@ -157,6 +157,9 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
             policy.fill = args.gemm_fill.unwrap_or(policy.fill);
             policy.min_split_k = args.min_split_k.unwrap_or(policy.min_split_k);
             if let Some(t) = &args.small_tile {
+                if t.len() != 5 {
+                    bail!("--small-tile takes BM,BN,BK,TM,TN (5 numbers), not {t:?}");
+                }
                 policy.small = NtTile {
                     bm: t[0],
                     bn: t[1],
@@ -402,7 +405,7 @@ fn gemm_candidates(m: u32, n: u32, k: u32) -> Vec<GemmChoice> {
 }
 
 /// NT tiles the `--sweep` tries beyond the table's (8 x 8 ones take the named-register kernel).
-const TILE_CANDIDATES: [NtTile; 10] = [
+const TILE_CANDIDATES: [NtTile; 13] = [
     NtTile {
         bm: 128,
         bn: 128,
@@ -441,6 +444,27 @@ const TILE_CANDIDATES: [NtTile; 10] = [
     NtTile {
         bm: 128,
         bn: 64,
+        bk: 16,
+        tm: 8,
+        tn: 4,
+    },
+    NtTile {
+        bm: 128,
+        bn: 64,
+        bk: 32,
+        tm: 8,
+        tn: 4,
+    },
+    NtTile {
+        bm: 64,
+        bn: 128,
+        bk: 16,
+        tm: 4,
+        tn: 8,
+    },
+    NtTile {
+        bm: 128,
+        bn: 128,
         bk: 16,
         tm: 8,
         tn: 4,

@@ -115,7 +115,7 @@ impl Default for GemmPolicy {
     fn default() -> Self {
         Self {
             fill: 264,
-            min_split_k: 384,
+            min_split_k: 128,
             small: NT_SMALL,
         }
     }
