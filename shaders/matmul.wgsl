@@ -193,7 +193,8 @@ fn main_large(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_in
 // [split * k_chunk, (split + 1) * k_chunk) and writes raw partial sums to
 // c[split * split_stride + (batch * m + row) * n + col] (c is then the partials buffer);
 // `splitk_reduce` sums them in split order, so results do not depend on scheduling.
-// GBM, GBN, GBK, GTM, GTN are prepended by engine/kernels.rs.
+// GBM, GBN, GBK, GTM, GTN are prepended by engine/kernels.rs. Up to 8 x 4 accumulators stay in
+// registers on the H100; an 8 x 8 block spilled (5x slower), so no table tile uses one.
 
 @group(0) @binding(5) var<storage, read> a4: array<vec4<f32>>;
 @group(0) @binding(6) var<storage, read> b4: array<vec4<f32>>;
@@ -317,142 +318,6 @@ fn gemm_nt(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index
             c[idx] = v;
         }
     }
-}
-
-// ---- gemm_nt with 8 x 8 outputs per thread (GTM = GTN = 8, checked in engine/kernels.rs): the
-// same staging, but 64 accumulators in an indexed array spill to memory (measured: 5x slower), so
-// they are sixteen named vec4s, c<i><h> holding row i, columns h * 4 .. h * 4 + 3 of the thread's
-// eight (x + j * GWX). Each multiply-add step takes one vec4 of A along k and four B vec4s along k,
-// regrouped (free: registers are scalar on the GPU) so every FMA is a vec4 across columns.
-fn mac4(acc: vec4<f32>, a: vec4<f32>, b0: vec4<f32>, b1: vec4<f32>, b2: vec4<f32>, b3: vec4<f32>) -> vec4<f32> {
-    var r = fma(vec4<f32>(a.x), vec4<f32>(b0.x, b1.x, b2.x, b3.x), acc);
-    r = fma(vec4<f32>(a.y), vec4<f32>(b0.y, b1.y, b2.y, b3.y), r);
-    r = fma(vec4<f32>(a.z), vec4<f32>(b0.z, b1.z, b2.z, b3.z), r);
-    return fma(vec4<f32>(a.w), vec4<f32>(b0.w, b1.w, b2.w, b3.w), r);
-}
-
-fn store8(batch: u32, split: u32, row: u32, col0: u32, lo: vec4<f32>, hi: vec4<f32>) {
-    if (row >= p.m) { return; }
-    for (var j = 0u; j < 8u; j++) {
-        let col = col0 + j * GWX;
-        if (col >= p.n) { continue; }
-        let acc = select(hi[j & 3u], lo[j & 3u], j < 4u);
-        if (p.splits > 1u) {
-            c[split * p.split_stride + (batch * p.m + row) * p.n + col] = acc;
-            continue;
-        }
-        var v = p.alpha * acc;
-        if (p.has_bias != 0u) { v += bias[p.bias_off + col]; }
-        let idx = p.c_off + batch * p.c_bstride + row * p.c_rs + col;
-        if (p.accumulate != 0u) { v += c[idx]; }
-        c[idx] = v;
-    }
-}
-
-@compute @workgroup_size(GWX, GWY, 1)
-fn gemm_nt_8x8(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32,
-               @builtin(local_invocation_id) l: vec3<u32>) {
-    let batch = wg.z / p.splits;
-    let split = wg.z % p.splits;
-    let k_begin = split * p.k_chunk;
-    let k_end = min(p.k, k_begin + p.k_chunk);
-    let row0 = wg.y * GBM;
-    let col0 = wg.x * GBN;
-    let a_base = (p.a_off + batch * p.a_bstride) / 4u;
-    let b_base = (p.b_off + (batch / p.b_group) * p.b_bstride) / 4u;
-    let a_rs4 = p.a_rs / 4u;
-    let b_rs4 = p.b_sn / 4u;
-    var ra: array<vec4<f32>, GLOAD_A>;
-    var rb: array<vec4<f32>, GLOAD_B>;
-    for (var s = 0u; s < GLOAD_A; s++) {
-        let e = lid + s * GTHREADS;
-        let row = row0 + e / GKQ;
-        let kx = k_begin + (e % GKQ) * 4u;
-        var v = vec4<f32>(0.0);
-        if (row < p.m && kx < k_end) { v = a4[a_base + row * a_rs4 + kx / 4u]; }
-        ra[s] = v;
-    }
-    for (var s = 0u; s < GLOAD_B; s++) {
-        let e = lid + s * GTHREADS;
-        let col = col0 + e / GKQ;
-        let kx = k_begin + (e % GKQ) * 4u;
-        var v = vec4<f32>(0.0);
-        if (col < p.n && kx < k_end) { v = b4[b_base + col * b_rs4 + kx / 4u]; }
-        rb[s] = v;
-    }
-    var c00 = vec4<f32>(0.0); var c01 = vec4<f32>(0.0); var c10 = vec4<f32>(0.0); var c11 = vec4<f32>(0.0);
-    var c20 = vec4<f32>(0.0); var c21 = vec4<f32>(0.0); var c30 = vec4<f32>(0.0); var c31 = vec4<f32>(0.0);
-    var c40 = vec4<f32>(0.0); var c41 = vec4<f32>(0.0); var c50 = vec4<f32>(0.0); var c51 = vec4<f32>(0.0);
-    var c60 = vec4<f32>(0.0); var c61 = vec4<f32>(0.0); var c70 = vec4<f32>(0.0); var c71 = vec4<f32>(0.0);
-    for (var k0 = k_begin; k0 < k_end; k0 += GBK) {
-        for (var s = 0u; s < GLOAD_A; s++) {
-            let e = lid + s * GTHREADS;
-            sa[(e / GKQ) * GPAD + e % GKQ] = ra[s];
-        }
-        for (var s = 0u; s < GLOAD_B; s++) {
-            let e = lid + s * GTHREADS;
-            sb[(e / GKQ) * GPAD + e % GKQ] = rb[s];
-        }
-        workgroupBarrier();
-        let k1 = k0 + GBK;
-        if (k1 < k_end) {
-            for (var s = 0u; s < GLOAD_A; s++) {
-                let e = lid + s * GTHREADS;
-                let row = row0 + e / GKQ;
-                let kx = k1 + (e % GKQ) * 4u;
-                var v = vec4<f32>(0.0);
-                if (row < p.m && kx < k_end) { v = a4[a_base + row * a_rs4 + kx / 4u]; }
-                ra[s] = v;
-            }
-            for (var s = 0u; s < GLOAD_B; s++) {
-                let e = lid + s * GTHREADS;
-                let col = col0 + e / GKQ;
-                let kx = k1 + (e % GKQ) * 4u;
-                var v = vec4<f32>(0.0);
-                if (col < p.n && kx < k_end) { v = b4[b_base + col * b_rs4 + kx / 4u]; }
-                rb[s] = v;
-            }
-        }
-        for (var kq = 0u; kq < GKQ; kq++) {
-            let bx = l.x * GPAD + kq;
-            let b0 = sb[bx];
-            let b1 = sb[bx + GWX * GPAD];
-            let b2 = sb[bx + 2u * GWX * GPAD];
-            let b3 = sb[bx + 3u * GWX * GPAD];
-            let b4_ = sb[bx + 4u * GWX * GPAD];
-            let b5 = sb[bx + 5u * GWX * GPAD];
-            let b6 = sb[bx + 6u * GWX * GPAD];
-            let b7 = sb[bx + 7u * GWX * GPAD];
-            let ax = l.y * GPAD + kq;
-            var a = sa[ax];
-            c00 = mac4(c00, a, b0, b1, b2, b3); c01 = mac4(c01, a, b4_, b5, b6, b7);
-            a = sa[ax + GWY * GPAD];
-            c10 = mac4(c10, a, b0, b1, b2, b3); c11 = mac4(c11, a, b4_, b5, b6, b7);
-            a = sa[ax + 2u * GWY * GPAD];
-            c20 = mac4(c20, a, b0, b1, b2, b3); c21 = mac4(c21, a, b4_, b5, b6, b7);
-            a = sa[ax + 3u * GWY * GPAD];
-            c30 = mac4(c30, a, b0, b1, b2, b3); c31 = mac4(c31, a, b4_, b5, b6, b7);
-            a = sa[ax + 4u * GWY * GPAD];
-            c40 = mac4(c40, a, b0, b1, b2, b3); c41 = mac4(c41, a, b4_, b5, b6, b7);
-            a = sa[ax + 5u * GWY * GPAD];
-            c50 = mac4(c50, a, b0, b1, b2, b3); c51 = mac4(c51, a, b4_, b5, b6, b7);
-            a = sa[ax + 6u * GWY * GPAD];
-            c60 = mac4(c60, a, b0, b1, b2, b3); c61 = mac4(c61, a, b4_, b5, b6, b7);
-            a = sa[ax + 7u * GWY * GPAD];
-            c70 = mac4(c70, a, b0, b1, b2, b3); c71 = mac4(c71, a, b4_, b5, b6, b7);
-        }
-        workgroupBarrier();
-    }
-    let r = row0 + l.y;
-    let cc = col0 + l.x;
-    store8(batch, split, r, cc, c00, c01);
-    store8(batch, split, r + GWY, cc, c10, c11);
-    store8(batch, split, r + 2u * GWY, cc, c20, c21);
-    store8(batch, split, r + 3u * GWY, cc, c30, c31);
-    store8(batch, split, r + 4u * GWY, cc, c40, c41);
-    store8(batch, split, r + 5u * GWY, cc, c50, c51);
-    store8(batch, split, r + 6u * GWY, cc, c60, c61);
-    store8(batch, split, r + 7u * GWY, cc, c70, c71);
 }
 
 // Split-K second pass, one thread per output: the partial sums (bound as `a`) added in split

@@ -404,54 +404,19 @@ fn gemm_candidates(m: u32, n: u32, k: u32) -> Vec<GemmChoice> {
     out
 }
 
-/// NT tiles the `--sweep` tries beyond the table's (8 x 8 ones take the named-register kernel).
-const TILE_CANDIDATES: [NtTile; 13] = [
+/// NT tiles the `--sweep` tries beyond the table's.
+const TILE_CANDIDATES: [NtTile; 9] = [
     NtTile {
         bm: 128,
-        bn: 128,
-        bk: 8,
-        tm: 8,
-        tn: 8,
-    },
-    NtTile {
-        bm: 128,
-        bn: 128,
-        bk: 16,
-        tm: 8,
-        tn: 8,
-    },
-    NtTile {
-        bm: 128,
-        bn: 128,
-        bk: 32,
-        tm: 8,
-        tn: 8,
-    },
-    NtTile {
-        bm: 128,
-        bn: 64,
-        bk: 16,
-        tm: 8,
-        tn: 8,
-    },
-    NtTile {
-        bm: 64,
         bn: 64,
         bk: 32,
-        tm: 4,
-        tn: 4,
-    },
-    NtTile {
-        bm: 128,
-        bn: 64,
-        bk: 16,
         tm: 8,
         tn: 4,
     },
     NtTile {
         bm: 128,
-        bn: 64,
-        bk: 32,
+        bn: 128,
+        bk: 16,
         tm: 8,
         tn: 4,
     },
@@ -463,8 +428,15 @@ const TILE_CANDIDATES: [NtTile; 13] = [
         tn: 8,
     },
     NtTile {
-        bm: 128,
-        bn: 128,
+        bm: 64,
+        bn: 64,
+        bk: 32,
+        tm: 4,
+        tn: 4,
+    },
+    NtTile {
+        bm: 64,
+        bn: 64,
         bk: 16,
         tm: 8,
         tn: 4,
