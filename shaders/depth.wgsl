@@ -22,14 +22,15 @@ struct Params {
 @group(0) @binding(5) var<storage, read_write> stats: array<f32>;
 
 var<workgroup> weight: array<f32, MAX_SOURCES>;
+// Where each source's row for this token starts, and its mean square: looked up once per
+// workgroup instead of once per element.
+var<workgroup> base_of: array<u32, MAX_SOURCES>;
+var<workgroup> ms_of: array<f32, MAX_SOURCES>;
 // Sources are scored CH at a time: one tree reduction serves CH dot products, so an op over n
 // sources waits on ceil(n / CH) reductions, not n (barrier latency is what this kernel spends).
 const CH: u32 = 8u;
 var<workgroup> chunk: array<f32, CH * WG>;
 
-fn source_base(i: u32, t: u32) -> u32 {
-    return (slots[p.list_off + i] * p.t + t) * p.d;
-}
 
 // Sums each of `part`'s CH values over the workgroup; the totals land in chunk[c * WG].
 // Every thread must call it; the caller reads the totals, then barriers before the next call.
@@ -44,27 +45,30 @@ fn chunk_sums(lid: u32, part: array<f32, CH>) {
     }
 }
 
-fn mean_square(i: u32, t: u32) -> f32 {
-    return stats[p.ms_off + slots[p.list_off + i] * p.t + t];
-}
 
 @compute @workgroup_size(WG)
 fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let t = wg.x + wg.y * 65535u;
     if (t >= p.t) { return; }
+    for (var i = lid; i < p.n; i += WG) {
+        let slot = slots[p.list_off + i];
+        base_of[i] = (slot * p.t + t) * p.d;
+        ms_of[i] = stats[p.ms_off + slot * p.t + t];
+    }
+    workgroupBarrier();
     if (p.mode == 1u) {
         for (var i0 = 0u; i0 < p.n; i0 += CH) {
             var part: array<f32, CH>;
             for (var c = 0u; c < CH; c++) {
                 part[c] = 0.0;
                 if (i0 + c < p.n) {
-                    let base = source_base(i0 + c, t);
+                    let base = base_of[i0 + c];
                     for (var j = lid; j < p.d; j += WG) { part[c] += src[base + j] * qg[p.q_off + j]; }
                 }
             }
             chunk_sums(lid, part);
             if (lid < CH && i0 + lid < p.n) {
-                weight[i0 + lid] = chunk[lid * WG] / sqrt(mean_square(i0 + lid, t) + p.eps);
+                weight[i0 + lid] = chunk[lid * WG] / sqrt(ms_of[i0 + lid] + p.eps);
             }
             workgroupBarrier();
         }
@@ -85,7 +89,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
     for (var j = lid; j < p.d; j += WG) {
         var acc = 0.0;
         for (var i = 0u; i < p.n; i++) {
-            let v = src[source_base(i, t) + j];
+            let v = src[base_of[i] + j];
             if (p.mode == 1u) { acc = fma(weight[i], v, acc); } else { acc += v; }
         }
         h[hb + j] = acc;
@@ -98,7 +102,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
         for (var c = 0u; c < CH; c++) {
             part[c] = 0.0;
             if (i0 + c < p.n) {
-                let base = source_base(i0 + c, t);
+                let base = base_of[i0 + c];
                 for (var j = lid; j < p.d; j += WG) { part[c] += src[base + j] * h[hb + j]; }
             }
         }
@@ -108,7 +112,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
             let row = t * p.n + i;
             stats[p.alpha_off + row] = weight[i];
             stats[p.shares_off + row] = weight[i] * chunk[lid * WG] / max(hh, 1.1754944e-38);
-            stats[p.src_rms_off + row] = sqrt(mean_square(i, t));
+            stats[p.src_rms_off + row] = sqrt(ms_of[i]);
         }
         workgroupBarrier();
     }

@@ -119,7 +119,7 @@ fn forward_bytes(params: usize, cfg: &ModelConfig, t: usize) -> f64 {
 
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
+    v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
 }
 
 pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
@@ -266,27 +266,33 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         Some(e) => Some(e.load(&cfg, &weights)?),
         None => None,
     };
-    println!("\n| tokens | ms / forward + Trace (median of {}) | tokens/s | TFLOP/s | GB/s |\n|---|---|---|---|---|", args.iters);
+    println!("\n| tokens | ms / forward + Trace (median of {}) | tokens/s | TFLOP/s | GB/s | encode / wait / assemble ms |\n|---|---|---|---|---|---|", args.iters);
     for &t in &args.tokens {
         if t > cfg.max_positions {
             println!(
-                "| {t} | (longer than the model's {} positions) | | | |",
+                "| {t} | (longer than the model's {} positions) | | | | |",
                 cfg.max_positions
             );
             continue;
         }
         let ids = ids_for(t);
         let mut times = Vec::new();
+        let mut phases = [Vec::new(), Vec::new(), Vec::new()];
         for i in 0..args.warmup + args.iters {
             let started = Instant::now();
             match (&engine, &gpu_model) {
                 (Some(e), Some(m)) => {
-                    e.trace(
+                    let (_, p) = e.trace_profiled(
                         m,
                         &tok,
                         tok.tokens_from_ids(&ids),
                         GpuTraceOptions::default(),
                     )?;
+                    if i >= args.warmup {
+                        phases[0].push(p.encode_ms);
+                        phases[1].push(p.wait_ms);
+                        phases[2].push(p.assemble_ms);
+                    }
                 }
                 _ => {
                     reference::trace_tokens(
@@ -304,8 +310,14 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
             }
         }
         let ms = median(times);
+        let host = if engine.is_some() {
+            let [e, w, a] = phases.map(median);
+            format!("{e:.2} / {w:.2} / {a:.2}")
+        } else {
+            String::new()
+        };
         println!(
-            "| {t} | {ms:.2} | {:.0} | {:.2} | {:.0} |",
+            "| {t} | {ms:.2} | {:.0} | {:.2} | {:.0} | {host} |",
             t as f64 / (ms * 1e-3),
             forward_flops(&cfg, t) / (ms * 1e-3) / 1e12,
             forward_bytes(params, &cfg, t) / (ms * 1e-3) / 1e9
@@ -318,7 +330,8 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
             profile: true,
         };
         e.trace_profiled(m, &tok, tok.tokens_from_ids(&ids), opts)?; // warm-up
-        let (_, times) = e.trace_profiled(m, &tok, tok.tokens_from_ids(&ids), opts)?;
+        let (_, profile) = e.trace_profiled(m, &tok, tok.tokens_from_ids(&ids), opts)?;
+        let times = profile.kernels;
         let total: f64 = times.iter().map(|k| k.nanoseconds).sum();
         let mut by_kernel: Vec<(&str, usize, f64)> = Vec::new();
         for k in &times {

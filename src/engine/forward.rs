@@ -32,6 +32,18 @@ pub struct KernelTime {
     pub nanoseconds: f64,
 }
 
+/// Where one trace's wall time went, and with profiling the GPU time of every dispatch.
+#[derive(Debug, Clone, Default)]
+pub struct Profile {
+    pub kernels: Vec<KernelTime>,
+    /// Writing the ids, encoding every dispatch and the readback copies, submitting.
+    pub encode_ms: f64,
+    /// From submission until the readback buffer is mapped: the GPU's work and the transfer.
+    pub wait_ms: f64,
+    /// Building the Trace from what came back.
+    pub assemble_ms: f64,
+}
+
 const NONE: u32 = u32::MAX;
 
 /// Where a sublayer's output goes in the sources buffer.
@@ -375,14 +387,14 @@ impl Engine {
             .map(|(t, _)| t)
     }
 
-    /// The Trace, and with `opts.profile` the GPU time of every dispatch.
+    /// The Trace and where its time went (with `opts.profile`, per dispatch on the GPU).
     pub fn trace_profiled(
         &self,
         model: &GpuModel,
         tokenizer: &TextTokenizer,
         tokens: Vec<Token>,
         opts: GpuTraceOptions,
-    ) -> Result<(Trace, Vec<KernelTime>), Error> {
+    ) -> Result<(Trace, Profile), Error> {
         let cfg = &model.cfg;
         let ids: Vec<u32> = tokens.iter().map(|t| t.id).collect();
         crate::reference::check_ids(cfg, &ids)?;
@@ -644,7 +656,8 @@ impl Engine {
         tokens: Vec<Token>,
         ids: &[u32],
         opts: GpuTraceOptions,
-    ) -> Result<(Trace, Vec<KernelTime>), Error> {
+    ) -> Result<(Trace, Profile), Error> {
+        let started = std::time::Instant::now();
         let cfg = &model.cfg;
         let dev = &self.device;
         let t = ids.len() as u32;
@@ -734,7 +747,9 @@ impl Engine {
             );
         }
         self.queue.submit([encoder.finish()]);
+        let submitted = std::time::Instant::now();
         let data = self.read(&staging)?;
+        let mapped = std::time::Instant::now();
         let mut kernel_times = Vec::new();
         if let Some(ts) = &times_staging {
             let raw: Vec<u64> = bytemuck::cast_slice::<f32, u64>(&self.read(ts)?).to_vec();
@@ -830,7 +845,13 @@ impl Engine {
             logits,
             warnings: Vec::new(),
         };
-        Ok((trace, kernel_times))
+        let profile = Profile {
+            kernels: kernel_times,
+            encode_ms: (submitted - started).as_secs_f64() * 1e3,
+            wait_ms: (mapped - submitted).as_secs_f64() * 1e3,
+            assemble_ms: mapped.elapsed().as_secs_f64() * 1e3,
+        };
+        Ok((trace, profile))
     }
 
     /// Map a staging buffer and copy it out as f32.
