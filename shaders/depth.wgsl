@@ -5,7 +5,7 @@
 //                                 computed once when the source is written)
 //   mode 0 (PreNorm baseline):    alpha_i = 1, h = v_0 + v_1 + ... (summed in source order)
 // and the op's Trace statistics: alpha, shares_i = alpha_i <v_i, h> / <h, h>, source RMS, hidden
-// RMS. The d loop is spread over WG threads, the sources scored in chunks of CH.
+// RMS. The d loop is spread over WG threads, E elements each; sources go CH at a time.
 
 struct Params {
     t: u32, d: u32, n: u32, mode: u32,
@@ -46,6 +46,12 @@ fn chunk_sums(lid: u32, part: array<f32, CH>) {
 }
 
 
+// A thread's elements of a row: j = j0 + lid + e * WG for e < E. Loops over e and over the CH
+// sources of a chunk have constant bounds, so they unroll and every load of a chunk is in flight
+// at once: one token's rows are few, and a loop that waits on each load in turn is what made this
+// kernel slow (latency, not bandwidth).
+const E: u32 = 8u;
+
 @compute @workgroup_size(WG)
 fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let t = wg.x + wg.y * 65535u;
@@ -59,11 +65,23 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
     if (p.mode == 1u) {
         for (var i0 = 0u; i0 < p.n; i0 += CH) {
             var part: array<f32, CH>;
-            for (var c = 0u; c < CH; c++) {
-                part[c] = 0.0;
-                if (i0 + c < p.n) {
-                    let base = base_of[i0 + c];
-                    for (var j = lid; j < p.d; j += WG) { part[c] += src[base + j] * qg[p.q_off + j]; }
+            for (var c = 0u; c < CH; c++) { part[c] = 0.0; }
+            for (var j0 = 0u; j0 < p.d; j0 += E * WG) {
+                var q: array<f32, E>;
+                for (var e = 0u; e < E; e++) {
+                    let j = j0 + lid + e * WG;
+                    q[e] = 0.0;
+                    if (j < p.d) { q[e] = qg[p.q_off + j]; }
+                }
+                for (var c = 0u; c < CH; c++) {
+                    let i = min(i0 + c, p.n - 1u);
+                    let base = base_of[i];
+                    var dot = 0.0;
+                    for (var e = 0u; e < E; e++) {
+                        let j = j0 + lid + e * WG;
+                        if (j < p.d) { dot = fma(src[base + j], q[e], dot); }
+                    }
+                    part[c] += dot;
                 }
             }
             chunk_sums(lid, part);
@@ -86,24 +104,50 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
     }
     let hb = p.h_off + t * p.d;
     var hh = 0.0;
-    for (var j = lid; j < p.d; j += WG) {
-        var acc = 0.0;
-        for (var i = 0u; i < p.n; i++) {
-            let v = src[base_of[i] + j];
-            if (p.mode == 1u) { acc = fma(weight[i], v, acc); } else { acc += v; }
+    for (var j0 = 0u; j0 < p.d; j0 += E * WG) {
+        var acc: array<f32, E>;
+        for (var e = 0u; e < E; e++) { acc[e] = 0.0; }
+        // Sources in order (the baseline's residual sum keeps the reference's summation order).
+        for (var i0 = 0u; i0 < p.n; i0 += CH) {
+            for (var c = 0u; c < CH; c++) {
+                if (i0 + c < p.n) {
+                    let base = base_of[i0 + c];
+                    let w = weight[i0 + c];
+                    for (var e = 0u; e < E; e++) {
+                        let j = j0 + lid + e * WG;
+                        if (j < p.d) {
+                            let v = src[base + j];
+                            if (p.mode == 1u) { acc[e] = fma(w, v, acc[e]); } else { acc[e] += v; }
+                        }
+                    }
+                }
+            }
         }
-        h[hb + j] = acc;
-        hh += acc * acc;
+        for (var e = 0u; e < E; e++) {
+            let j = j0 + lid + e * WG;
+            if (j < p.d) { h[hb + j] = acc[e]; hh = fma(acc[e], acc[e], hh); }
+        }
     }
     hh = workgroup_sum(lid, hh);
-    // Shares need <v_i, h>: read h back from this thread's own writes (same j stride).
+    // Shares need <v_i, h>: read h back from this thread's own writes (same elements).
     for (var i0 = 0u; i0 < p.n; i0 += CH) {
         var part: array<f32, CH>;
-        for (var c = 0u; c < CH; c++) {
-            part[c] = 0.0;
-            if (i0 + c < p.n) {
-                let base = base_of[i0 + c];
-                for (var j = lid; j < p.d; j += WG) { part[c] += src[base + j] * h[hb + j]; }
+        for (var c = 0u; c < CH; c++) { part[c] = 0.0; }
+        for (var j0 = 0u; j0 < p.d; j0 += E * WG) {
+            var hv: array<f32, E>;
+            for (var e = 0u; e < E; e++) {
+                let j = j0 + lid + e * WG;
+                hv[e] = 0.0;
+                if (j < p.d) { hv[e] = h[hb + j]; }
+            }
+            for (var c = 0u; c < CH; c++) {
+                let base = base_of[min(i0 + c, p.n - 1u)];
+                var dot = 0.0;
+                for (var e = 0u; e < E; e++) {
+                    let j = j0 + lid + e * WG;
+                    if (j < p.d) { dot = fma(src[base + j], hv[e], dot); }
+                }
+                part[c] += dot;
             }
         }
         chunk_sums(lid, part);

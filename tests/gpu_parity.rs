@@ -309,12 +309,22 @@ fn every_nt_tile_and_split_matches_at_odd_sizes() {
 }
 
 /// A model with every dimension past one tile and none a multiple of a tile or workgroup:
-/// d = 300 (> 256 threads per row), 70 tokens, 5 heads of 60, 261 MLP units, vocab 300.
+/// d = 300 (> 256 threads per row), 270 tokens, 5 heads of 60, 261 MLP units, vocab 300.
 #[test]
 fn wide_block_model_trace_matches_the_reference() {
+    block_model_matches_the_reference(300, 5, 261, 300, 270);
+}
+
+/// Rows longer than the depth kernel covers in one pass (d > 8 elements x 128 threads).
+#[test]
+fn block_model_with_d_past_one_depth_pass_matches_the_reference() {
+    block_model_matches_the_reference(1100, 11, 64, 61, 9);
+}
+
+fn block_model_matches_the_reference(d: usize, heads: usize, ffn: usize, vocab: usize, t: usize) {
     let v = serde_json::json!({
-        "model_type": "attnres", "vocab_size": 300, "hidden_size": 300, "intermediate_size": 261,
-        "num_hidden_layers": 2, "num_attention_heads": 5, "num_key_value_heads": 5,
+        "model_type": "attnres", "vocab_size": vocab, "hidden_size": d, "intermediate_size": ffn,
+        "num_hidden_layers": 2, "num_attention_heads": heads, "num_key_value_heads": heads,
         "max_position_embeddings": 300, "rms_norm_eps": 1e-5, "rope_theta": 10000.0,
         "tie_word_embeddings": false, "attnres_mode": "block", "attnres_block_size": 3
     });
@@ -325,7 +335,7 @@ fn wide_block_model_trace_matches_the_reference() {
         query_std: 0.3,
     };
     let w = depthlens::model::random::random_weights(&cfg, init, 5).unwrap();
-    let ids: Vec<u32> = (0..270).map(|i| (i * 37 % 300) as u32).collect();
+    let ids: Vec<u32> = (0..t).map(|i| (i * 37 % vocab) as u32).collect();
     let tok = TextTokenizer::byte_fallback();
     let opts = TraceOptions {
         logits: true,

@@ -142,8 +142,26 @@ impl Recorded {
         encoder: &mut wgpu::CommandEncoder,
         timestamps: Option<&wgpu::QuerySet>,
     ) {
+        self.encode_range(kernels, encoder, 0..self.dispatches.len(), timestamps);
+    }
+
+    pub fn dispatch_count(&self) -> usize {
+        self.dispatches.len()
+    }
+
+    /// Encode dispatches `range` (with `timestamps`, at their own indices).
+    pub fn encode_range(
+        &self,
+        kernels: &Kernels,
+        encoder: &mut wgpu::CommandEncoder,
+        range: std::ops::Range<usize>,
+        timestamps: Option<&wgpu::QuerySet>,
+    ) {
+        let start = range.start;
+        let dispatches = &self.dispatches[range];
         if let Some(query_set) = timestamps {
-            for (i, (kernel, bg, offset, groups)) in self.dispatches.iter().enumerate() {
+            for (j, (kernel, bg, offset, groups)) in dispatches.iter().enumerate() {
+                let i = start + j;
                 let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
                     label: Some(kernels.get(*kernel).name),
                     timestamp_writes: Some(wgpu::ComputePassTimestampWrites {
@@ -162,7 +180,7 @@ impl Recorded {
             label: Some("forward"),
             timestamp_writes: None,
         });
-        for (kernel, bg, offset, groups) in &self.dispatches {
+        for (kernel, bg, offset, groups) in dispatches {
             pass.set_pipeline(&kernels.get(*kernel).pipeline);
             pass.set_bind_group(0, bg, &[*offset]);
             pass.dispatch_workgroups(groups[0], groups[1], groups[2]);
