@@ -6,6 +6,7 @@ use wgpu::util::DeviceExt;
 use super::kernels::{KernelId, MAX_SOURCES, TOP_K};
 use super::matmul::{push_gemm, Gemm};
 use super::model::{GpuLinear, GpuMlp, GpuModel, GpuNorm};
+use rayon::prelude::*;
 use std::sync::{Arc, Mutex};
 
 use super::plan::{elementwise_groups, row_groups, Plan, Recorded};
@@ -800,8 +801,9 @@ impl Engine {
         } else {
             Mixing::ResidualSum
         };
+        // Tens of thousands of per-token rows: spread over the CPU's threads.
         let ops = op_stats
-            .iter()
+            .par_iter()
             .zip(&layout.sources)
             .enumerate()
             .map(|(l, (st, srcs))| {
