@@ -677,7 +677,7 @@ impl Engine {
         let kernel_ids = &ws.kernel_ids;
         self.queue
             .write_buffer(&b.ids, 0, bytemuck::cast_slice(ids));
-        // One submission: the forward, then copies of what the Trace needs into one staging buffer.
+        // The forward, then copies of what the Trace needs into one staging buffer, read back once.
         let mut encoder = dev.create_command_encoder(&wgpu::CommandEncoderDescriptor {
             label: Some("trace"),
         });
