@@ -2,15 +2,17 @@
 //   norm:      out[r] = RMSNorm(x[r]) * g            (kind 0: x / sqrt(mean(x^2) + eps))
 //              out[r] = LayerNorm(x[r]) * g + beta    (kind 1)
 //   row_stats: ms[r] = mean(x[r]^2) and rms[r] = sqrt(ms[r]) (Trace RMS; depth-key norms)
-//   partial_update: a sublayer's output y joins a Block AttnRes partial sum, in one pass:
-//              stats[y_rms_off + r] = rms(y[r]);  out[r] = y[r] (kind 1, block start) or out[r] + y[r];
-//              stats[ms_off + r] = mean(out[r]^2) (the partial's key norm), stats[rms_off + r] = rms
+//   sublayer_out: a sublayer's output y (the sum of `splits` split-K partials in x, plus the bias
+//              gain[] when has_bias) lands in the depth sources, in one pass:
+//              out[r] = y[r] (kind 1: its own slot, or a Block's first sublayer) or out[r] + y[r]
+//              (kind 0: added to the Block partial); stats[y_rms_off + r] = rms(y[r]),
+//              stats[ms_off + r] = mean(out[r]^2) (its depth-key norm), stats[rms_off + r] = rms
 // Offsets are in elements; ms/rms outputs are skipped when their offset is NONE.
 
 struct Params {
     rows: u32, d: u32, x_off: u32, out_off: u32,
     kind: u32, eps: f32, ms_off: u32, rms_off: u32,
-    y_rms_off: u32, _p0: u32, _p1: u32, _p2: u32,
+    y_rms_off: u32, splits: u32, split_stride: u32, has_bias: u32,
 }
 
 const NONE: u32 = 0xffffffffu;
@@ -59,15 +61,17 @@ fn row_stats(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_ind
 }
 
 @compute @workgroup_size(WG)
-fn partial_update(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+fn sublayer_out(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let r = wg.x + wg.y * 65535u;
     if (r >= p.rows) { return; }
-    let yb = p.x_off + r * p.d;
     let ob = p.out_off + r * p.d;
     var sy = 0.0;
     var sp = 0.0;
     for (var j = lid; j < p.d; j += WG) {
-        let y = x[yb + j];
+        // The split-K partial sums of y, added in split order (deterministic).
+        var y = 0.0;
+        for (var s = 0u; s < p.splits; s++) { y += x[s * p.split_stride + r * p.d + j]; }
+        if (p.has_bias != 0u) { y += gain[j]; }
         var v = y;
         if (p.kind == 0u) { v += out[ob + j]; }
         out[ob + j] = v;
@@ -79,6 +83,6 @@ fn partial_update(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocatio
     if (lid == 0u) {
         stats[p.y_rms_off + r] = sqrt(ms_y);
         stats[p.ms_off + r] = ms_p;
-        stats[p.rms_off + r] = sqrt(ms_p);
+        if (p.rms_off != NONE) { stats[p.rms_off + r] = sqrt(ms_p); }
     }
 }

@@ -190,6 +190,24 @@ fn gpt2_trace_matches_the_reference() {
     assert_parity("gpt2", &ODD);
 }
 
+/// The MLP's output projection (K = 300, with a bias) runs split-K; its partial sums and the bias
+/// are added where the output joins the depth sources.
+#[test]
+fn split_k_sublayer_outputs_with_bias_match_the_reference() {
+    let cfg = common::tiny_config("gpt2:deep-mlp");
+    let (t, d, ffn) = (
+        ODD.len() as u32,
+        cfg.hidden_size as u32,
+        cfg.intermediate_size as u32,
+    );
+    let choice = Gemm::nt(t, d, ffn).choice(&GemmPolicy::default());
+    assert!(
+        choice.splits > 1,
+        "the down projection splits K: {choice:?}"
+    );
+    assert_parity("gpt2:deep-mlp", &ODD);
+}
+
 #[test]
 fn full_attnres_trace_matches_the_reference() {
     assert_parity("full", &ODD);

@@ -4,7 +4,7 @@
 use wgpu::util::DeviceExt;
 
 use super::kernels::{KernelId, MAX_SOURCES, TOP_K};
-use super::matmul::{push_gemm, Gemm};
+use super::matmul::{push_gemm, push_gemm_unreduced, Gemm};
 use super::model::{GpuLinear, GpuMlp, GpuModel, GpuNorm};
 use rayon::prelude::*;
 use std::sync::{Arc, Mutex};
@@ -166,6 +166,13 @@ const USAGE: wgpu::BufferUsages = wgpu::BufferUsages::STORAGE
     .union(wgpu::BufferUsages::COPY_DST)
     .union(wgpu::BufferUsages::COPY_SRC);
 
+/// A sublayer output not yet placed in the depth sources (see `Recorder::output_linear`).
+struct PendingOutput {
+    splits: u32,
+    /// The bias, when the split-K partials do not include it yet.
+    bias: Option<wgpu::Buffer>,
+}
+
 struct Recorder<'a> {
     plan: Plan,
     policy: &'a super::kernels::GemmPolicy,
@@ -187,6 +194,32 @@ impl Recorder<'_> {
         let bias = bias.unwrap_or(&self.model.dummy);
         let buffers = [a, b, bias, c, &self.b.partials];
         push_gemm(&mut self.plan, &g, g.choice(self.policy), buffers, has_bias);
+    }
+
+    /// A sublayer's output projection `y = x W^T + bias`, left for `sublayer_out` to place: in
+    /// `b.y`, or as split-K partial sums in `b.partials` (with the bias still to add).
+    fn output_linear(&mut self, x: &wgpu::Buffer, l: &GpuLinear) -> PendingOutput {
+        let g = Gemm {
+            m: self.t,
+            n: l.out,
+            k: l.inp,
+            batch: 1,
+            a_rs: l.inp,
+            b_sk: 1,
+            b_sn: l.inp,
+            c_rs: l.out,
+            alpha: 1.0,
+            ..Default::default()
+        };
+        let has_bias = l.bias.is_some();
+        let bias = l.bias.as_ref().unwrap_or(&self.model.dummy);
+        let buffers = [x, &l.weight, bias, &self.b.y, &self.b.partials];
+        let choice = g.choice(self.policy);
+        let splits = push_gemm_unreduced(&mut self.plan, &g, choice, buffers, has_bias);
+        PendingOutput {
+            splits,
+            bias: (splits > 1).then(|| l.bias.clone()).flatten(),
+        }
     }
 
     /// `out[:, :l.out] (at out_off) = x W^T + bias` for x `[T, l.inp]`.
@@ -261,7 +294,7 @@ impl Recorder<'_> {
             .push(kernel, &params, &[a.0, b.0, out.0], elementwise_groups(n));
     }
 
-    fn attention(&mut self, layer: &super::model::GpuLayer, out: &wgpu::Buffer, out_off: u32) {
+    fn attention(&mut self, layer: &super::model::GpuLayer) -> PendingOutput {
         let cfg = &self.model.cfg;
         let b = self.b;
         let (t, hd) = (self.t, cfg.head_dim as u32);
@@ -326,10 +359,10 @@ impl Recorder<'_> {
             alpha: 1.0,
         };
         self.gemm(pv, &b.scores, &b.qkv, None, &b.att);
-        self.linear(&b.att, &layer.o, out, out_off);
+        self.output_linear(&b.att, &layer.o)
     }
 
-    fn mlp(&mut self, layer: &super::model::GpuLayer, out: &wgpu::Buffer, out_off: u32) {
+    fn mlp(&mut self, layer: &super::model::GpuLayer) -> PendingOutput {
         let b = self.b;
         let f = self.model.cfg.intermediate_size as u32;
         let shape = (self.t, f);
@@ -343,7 +376,7 @@ impl Recorder<'_> {
                     (&b.ff_ab, f, 2 * f),
                     (&b.ff_c, 0, f),
                 );
-                self.linear(&b.ff_c, down, out, out_off);
+                self.output_linear(&b.ff_c, down)
             }
             GpuMlp::Gelu { fc, proj } => {
                 self.linear(&b.x, fc, &b.ff_ab, 0);
@@ -353,7 +386,7 @@ impl Recorder<'_> {
                 };
                 let dense = (&b.ff_ab, 0, f);
                 self.elementwise(kernel, shape, dense, dense, (&b.ff_c, 0, f));
-                self.linear(&b.ff_c, proj, out, out_off);
+                self.output_linear(&b.ff_c, proj)
             }
         }
     }
@@ -569,39 +602,39 @@ impl Engine {
                 &layer.mlp_norm
             };
             r.norm(&b.h, norm, &b.x);
-            let (out, out_off) = match sink {
-                Sink::Slot(s) => (&b.sources, slot_off(*s)),
-                Sink::StartPartial(_) | Sink::AddToPartial(_) => (&b.y, 0),
-            };
-            if l % 2 == 0 {
-                r.attention(layer, out, out_off);
+            let y = if l % 2 == 0 {
+                r.attention(layer)
             } else {
-                r.mlp(layer, out, out_off);
-            }
-            match *sink {
-                Sink::Slot(s) => r.row_stats(&b.sources, slot_off(s), s * t, st.output_rms),
-                Sink::StartPartial(s) | Sink::AddToPartial(s) => {
-                    let start = u32::from(matches!(sink, Sink::StartPartial(_)));
-                    let params = [
-                        t,
-                        d,
-                        0,
-                        slot_off(s),
-                        start,
-                        0,
-                        s * t,
-                        st.partial_rms,
-                        st.output_rms,
-                    ];
-                    let dummy = &model.dummy;
-                    r.plan.push(
-                        KernelId::PartialUpdate,
-                        &params,
-                        &[&b.y, dummy, dummy, &b.sources, &b.stats],
-                        row_groups(t),
-                    );
-                }
-            }
+                r.mlp(layer)
+            };
+            // y joins the sources: its own slot (Full, baseline) or the Block partial sum.
+            let (slot, kind, partial_rms) = match *sink {
+                Sink::Slot(s) => (s, 1, NONE),
+                Sink::StartPartial(s) => (s, 1, st.partial_rms),
+                Sink::AddToPartial(s) => (s, 0, st.partial_rms),
+            };
+            let params = [
+                t,
+                d,
+                0,
+                slot_off(slot),
+                kind,
+                0,
+                slot * t,
+                partial_rms,
+                st.output_rms,
+                y.splits,
+                t * d,
+                u32::from(y.bias.is_some()),
+            ];
+            let input = if y.splits > 1 { &b.partials } else { &b.y };
+            let bias = y.bias.as_ref().unwrap_or(&model.dummy);
+            r.plan.push(
+                KernelId::SublayerOut,
+                &params,
+                &[input, bias, &model.dummy, &b.sources, &b.stats],
+                row_groups(t),
+            );
         }
         // Final op: aggregation (or residual sum), final norm, head, top-k and loss.
         let n_sub = cfg.num_sublayers();

@@ -150,6 +150,36 @@ pub(crate) fn push_gemm(
     );
 }
 
+/// Queue `g` (batch 1) writing to `c`, or with split-K only its partial products into `partials`
+/// (at element 0, split `s` at `s * m * n`) and not their reduction: the caller's next kernel
+/// sums them. Returns the number of splits (1: `c` holds the result, bias included).
+pub(crate) fn push_gemm_unreduced(
+    plan: &mut Plan,
+    g: &Gemm,
+    choice: GemmChoice,
+    [a, b, bias, c, partials]: [&wgpu::Buffer; 5],
+    has_bias: bool,
+) -> u32 {
+    if choice.splits <= 1 {
+        push_gemm(plan, g, choice, [a, b, bias, c, partials], has_bias);
+        return 1;
+    }
+    debug_assert!(g.batch <= 1);
+    let params = g.params(has_bias, &choice);
+    let groups = [
+        g.n.div_ceil(choice.tile.1),
+        g.m.div_ceil(choice.tile.0),
+        choice.splits,
+    ];
+    plan.push(
+        choice.kernel,
+        &params,
+        &[a, b, bias, partials, a, b],
+        groups,
+    );
+    choice.splits
+}
+
 /// The buffer split-K writes its partial sums to.
 pub(crate) fn partials_buffer(device: &wgpu::Device) -> wgpu::Buffer {
     device.create_buffer(&wgpu::BufferDescriptor {

@@ -9,13 +9,19 @@ use depthlens::model::save::{named_tensors, save_single_file, write_safetensors,
 use depthlens::model::{ModelConfig, Weights};
 use serde_json::json;
 
-/// A tiny config of the given kind: `llama`, `qwen2`, `mistral`, `gpt2`, `full`, `block:S`.
+/// A tiny config of the given kind: `llama`, `qwen2`, `mistral`, `gpt2`, `gpt2:deep-mlp` (an MLP
+/// wide enough that its biased output projection splits K on the GPU), `full`, `block:S`.
 /// Sizes are odd where the architecture allows, to catch shape mix-ups.
 pub fn tiny_config(kind: &str) -> ModelConfig {
     let value = match kind {
         "gpt2" => json!({
             "model_type": "gpt2", "vocab_size": 300, "n_embd": 24, "n_layer": 3, "n_head": 3,
             "n_positions": 40, "layer_norm_epsilon": 1e-5, "activation_function": "gelu_new"
+        }),
+        "gpt2:deep-mlp" => json!({
+            "model_type": "gpt2", "vocab_size": 300, "n_embd": 24, "n_layer": 2, "n_head": 3,
+            "n_inner": 300, "n_positions": 40, "layer_norm_epsilon": 1e-5,
+            "activation_function": "gelu_new"
         }),
         _ => {
             let (model_type, extra) = match kind {
