@@ -4,7 +4,9 @@
 // thread keeps a running max and rescaled sum of exponentials (online softmax) and its own top-K
 // of a strided slice; the WG lists are then merged pairwise in log2(WG) rounds.
 
-struct Params { t: u32, vocab: u32, logits_off: u32, out_off: u32 }
+// One pass covers `rows` positions from row0 (the logits buffer holds only those rows when the
+// prompt's logits exceed one binding); `total` is the prompt length.
+struct Params { rows: u32, vocab: u32, logits_off: u32, out_off: u32, row0: u32, total: u32 }
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> logits: array<f32>;
@@ -26,9 +28,10 @@ fn before(v: f32, i: u32, w: f32, j: u32) -> bool {
 
 @compute @workgroup_size(WG)
 fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-    let t = wg.x + wg.y * 65535u;
-    if (t >= p.t) { return; }
-    let base = p.logits_off + t * p.vocab;
+    let local = wg.x + wg.y * 65535u;
+    if (local >= p.rows) { return; }
+    let t = p.row0 + local;
+    let base = p.logits_off + local * p.vocab;
     var m = -3.0e38;
     var s = 0.0;
     var tv: array<f32, K>;
@@ -76,7 +79,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
             out[ob + K + k] = exp(cand_v[k] - gm) / total;
         }
         var nll = 0.0;
-        if (t + 1u < p.t) { nll = (gm + log(total)) - logits[base + targets[t + 1u]]; }
+        if (t + 1u < p.total) { nll = (gm + log(total)) - logits[base + targets[t + 1u]]; }
         out[ob + 2u * K] = nll;
     }
 }

@@ -505,3 +505,70 @@ fn a_reused_workspace_gives_each_prompt_its_own_trace() {
         );
     }
 }
+
+/// An adapter that binds only 32 KiB per buffer (as a small GPU, or WebGPU's defaults, would bind
+/// less than a model needs at once): six heads' 40 x 40 scores and 40 positions' logits over 300
+/// tokens no longer fit, so attention runs in passes of whole kv groups and the LM head in passes
+/// of positions. The Trace is the reference's all the same.
+#[test]
+fn a_small_binding_limit_splits_attention_and_the_lm_head_and_the_trace_still_matches() {
+    let cap = 32 * 1024;
+    let small = Engine::with_binding_cap(cap).expect("an adapter");
+    let cfg = common::tiny_config("full");
+    let (t, heads, vocab) = (40usize, cfg.num_heads, cfg.vocab_size);
+    assert!(heads * t * t * 4 > cap as usize && t * vocab * 4 > cap as usize);
+    let w = common::tiny_weights(&cfg, 8);
+    let ids: Vec<u32> = (0..t).map(|i| (i * 53 % vocab) as u32).collect();
+    let tok = TextTokenizer::byte_fallback();
+    let cpu = reference::trace_tokens(
+        &cfg,
+        &w,
+        &tok,
+        tok.tokens_from_ids(&ids),
+        TraceOptions::default(),
+        &Silent,
+    )
+    .unwrap();
+    let model = small.load(&cfg, &w).unwrap();
+    let gpu = small
+        .trace(
+            &model,
+            &tok,
+            tok.tokens_from_ids(&ids),
+            GpuTraceOptions::default(),
+        )
+        .unwrap();
+    let (gl, cl) = (gpu.loss.unwrap(), cpu.loss.unwrap());
+    assert!((gl - cl).abs() < 1e-4 * cl, "loss {gl} vs {cl}");
+    for (g, c) in gpu.topk.iter().zip(&cpu.topk) {
+        let ids = |p: &[depthlens::trace::Prediction]| p.iter().map(|p| p.id).collect::<Vec<_>>();
+        assert_eq!(ids(g), ids(c), "top-5");
+    }
+    for (g, c) in gpu.ops.iter().zip(&cpu.ops) {
+        let what = |f: &str| format!("{} {f}", c.name);
+        assert_rel(
+            &what("alpha"),
+            &g.alpha.concat(),
+            &c.alpha.concat(),
+            1e-3,
+            1e-4,
+        );
+        assert_rel(
+            &what("output rms"),
+            &g.output_rms,
+            &c.output_rms,
+            1e-3,
+            1e-4,
+        );
+    }
+    // All of the logits at once cannot come back through one binding: said, not truncated.
+    let opts = GpuTraceOptions {
+        logits: true,
+        profile: false,
+    };
+    let err = small
+        .trace(&model, &tok, tok.tokens_from_ids(&ids), opts)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("logits"), "{err}");
+}

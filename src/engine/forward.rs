@@ -131,6 +131,9 @@ struct OpStats {
 
 /// Everything a forward of one prompt length needs on the GPU, built once and reused.
 pub(crate) struct Workspace {
+    /// Positions whose logits one pass of the LM head holds (all T unless the binding limit
+    /// splits them).
+    logit_rows: u32,
     layout: DepthLayout,
     op_stats: Vec<OpStats>,
     stats_len: u32,
@@ -179,6 +182,8 @@ struct Recorder<'a> {
     model: &'a GpuModel,
     b: &'a Buffers,
     t: u32,
+    /// Heads whose `T x T` scores one pass holds (all, unless the binding limit splits them).
+    heads_per_pass: u32,
 }
 
 impl Recorder<'_> {
@@ -310,55 +315,63 @@ impl Recorder<'_> {
             self.plan
                 .push(KernelId::Rope, &params, &[&b.cos, &b.sin, &b.qkv], groups);
         }
-        // scores[h] = Q_h K_{h/group}^T / sqrt(hd)
-        let scores = Gemm {
-            m: t,
-            n: t,
-            k: hd,
-            batch: heads,
-            b_group: heads / kv_heads,
-            a_off: 0,
-            a_bstride: hd,
-            a_rs: row,
-            b_off: k_off,
-            b_bstride: hd,
-            b_sk: 1,
-            b_sn: row,
-            c_off: 0,
-            c_bstride: t * t,
-            c_rs: t,
-            accumulate: false,
-            alpha: 1.0 / (hd as f32).sqrt(),
-        };
-        self.gemm(scores, &b.qkv, &b.qkv, None, &b.scores);
+        // Heads in passes of `heads_per_pass` (whole kv groups, or within one), so that the
+        // scores of a pass fit one binding.
+        let group = heads / kv_heads;
         let window = cfg.sliding_window.map(|w| w as u32).unwrap_or(NONE);
-        self.plan.push(
-            KernelId::CausalSoftmax,
-            &[heads, t, window, 0],
-            &[&b.scores],
-            row_groups(heads * t),
-        );
-        // att[:, h] = P_h V_{h/group}
-        let pv = Gemm {
-            m: t,
-            n: hd,
-            k: t,
-            batch: heads,
-            b_group: heads / kv_heads,
-            a_off: 0,
-            a_bstride: t * t,
-            a_rs: t,
-            b_off: v_off,
-            b_bstride: hd,
-            b_sk: row,
-            b_sn: 1,
-            c_off: 0,
-            c_bstride: hd,
-            c_rs: heads * hd,
-            accumulate: false,
-            alpha: 1.0,
-        };
-        self.gemm(pv, &b.scores, &b.qkv, None, &b.att);
+        let mut h0 = 0;
+        while h0 < heads {
+            let hs = self.heads_per_pass.min(heads - h0);
+            // scores[h] = Q_h K_{h/group}^T / sqrt(hd)
+            let scores = Gemm {
+                m: t,
+                n: t,
+                k: hd,
+                batch: hs,
+                b_group: group,
+                a_off: h0 * hd,
+                a_bstride: hd,
+                a_rs: row,
+                b_off: k_off + (h0 / group) * hd,
+                b_bstride: hd,
+                b_sk: 1,
+                b_sn: row,
+                c_off: 0,
+                c_bstride: t * t,
+                c_rs: t,
+                accumulate: false,
+                alpha: 1.0 / (hd as f32).sqrt(),
+            };
+            self.gemm(scores, &b.qkv, &b.qkv, None, &b.scores);
+            self.plan.push(
+                KernelId::CausalSoftmax,
+                &[hs, t, window, 0],
+                &[&b.scores],
+                row_groups(hs * t),
+            );
+            // att[:, h] = P_h V_{h/group}
+            let pv = Gemm {
+                m: t,
+                n: hd,
+                k: t,
+                batch: hs,
+                b_group: group,
+                a_off: 0,
+                a_bstride: t * t,
+                a_rs: t,
+                b_off: v_off + (h0 / group) * hd,
+                b_bstride: hd,
+                b_sk: row,
+                b_sn: 1,
+                c_off: h0 * hd,
+                c_bstride: hd,
+                c_rs: heads * hd,
+                accumulate: false,
+                alpha: 1.0,
+            };
+            self.gemm(pv, &b.scores, &b.qkv, None, &b.att);
+            h0 += hs;
+        }
         self.output_linear(&b.att, &layer.o)
     }
 
@@ -390,6 +403,17 @@ impl Recorder<'_> {
             }
         }
     }
+}
+
+/// Heads per attention pass whose `T x T` scores fit in `max_floats`: all of them if they fit,
+/// else a multiple of the GQA group or a divisor of it (a pass never straddles a kv head unless
+/// it covers whole groups). At least 1 (one head's scores were checked to fit).
+fn attention_heads_per_pass(heads: u32, group: u32, t: u32, max_floats: u64) -> u32 {
+    let fit = (max_floats / (u64::from(t) * u64::from(t)).max(1)).min(u64::from(heads)) as u32;
+    (1..=fit.max(1))
+        .rev()
+        .find(|&g| g.is_multiple_of(group) || group.is_multiple_of(g))
+        .unwrap_or(1)
 }
 
 fn storage(device: &wgpu::Device, label: &str, floats: u64) -> wgpu::Buffer {
@@ -484,11 +508,12 @@ impl Engine {
                 "the depth sources",
                 u64::from(layout.slots) * u64::from(t) * u64::from(d),
             ),
+            // One head's scores, one position's logits: more are split into passes below.
             (
-                "the attention scores",
-                u64::from(heads) * u64::from(t) * u64::from(t),
+                "the attention scores of one head",
+                u64::from(t) * u64::from(t),
             ),
-            ("the logits", u64::from(t) * u64::from(vocab)),
+            ("the logits of one position", u64::from(vocab)),
             (
                 "the MLP activations",
                 2 * u64::from(t) * cfg.intermediate_size as u64,
@@ -497,6 +522,9 @@ impl Engine {
         for (what, floats) in sizes {
             self.check_size(what, floats * 4, hint)?;
         }
+        let max_floats = self.max_binding() / 4;
+        let heads_per_pass = attention_heads_per_pass(heads, heads / kv_heads, t, max_floats);
+        let logit_rows = (max_floats / u64::from(vocab)).min(u64::from(t)) as u32;
 
         // Stats buffer layout: source mean squares, then each op's statistics.
         let mut cursor = layout.slots * t;
@@ -552,17 +580,17 @@ impl Engine {
             scores: storage(
                 dev,
                 "scores",
-                u64::from(heads) * u64::from(t) * u64::from(t),
+                u64::from(heads_per_pass) * u64::from(t) * u64::from(t),
             ),
             ff_ab: storage(dev, "ff_ab", 2 * ff),
             ff_c: storage(dev, "ff_c", ff),
-            logits: storage(dev, "logits", u64::from(t) * u64::from(vocab)),
+            logits: storage(dev, "logits", u64::from(logit_rows) * u64::from(vocab)),
             head_out: storage(dev, "head_out", u64::from(head_len)),
             stats: storage(dev, "stats", u64::from(stats_len)),
             slot_lists: init(dev, "slot_lists", bytemuck::cast_slice(&lists)),
             cos: init(dev, "cos", bytemuck::cast_slice(&cos)),
             sin: init(dev, "sin", bytemuck::cast_slice(&sin)),
-            partials: super::matmul::partials_buffer(dev),
+            partials: super::matmul::partials_buffer(dev, &self.gemm_policy),
         };
         let mut r = Recorder {
             plan: Plan::new(self.limits.min_uniform_buffer_offset_alignment),
@@ -570,6 +598,7 @@ impl Engine {
             model,
             b: &b,
             t,
+            heads_per_pass,
         };
 
         // Embedding (+ learned positions) into slot 0, and its mean square for depth keys.
@@ -648,32 +677,41 @@ impl Engine {
         );
         r.norm(&b.h, &model.final_norm, &b.x);
         r.row_stats(&b.x, 0, NONE, fin.output_rms);
-        for chunk in model.head_chunks() {
-            let g = Gemm {
-                m: t,
-                n: chunk.rows,
-                k: d,
-                batch: 1,
-                a_rs: d,
-                b_sk: 1,
-                b_sn: d,
-                c_off: chunk.row0,
-                c_rs: vocab,
-                alpha: 1.0,
-                ..Default::default()
-            };
-            r.gemm(g, &b.x, &chunk.buffer, None, &b.logits);
+        // The LM head and its statistics over positions in passes of `logit_rows`, so that the
+        // logits of a pass fit one binding.
+        let mut r0 = 0;
+        while r0 < t {
+            let rows = logit_rows.min(t - r0);
+            for chunk in model.head_chunks() {
+                let g = Gemm {
+                    m: rows,
+                    n: chunk.rows,
+                    k: d,
+                    batch: 1,
+                    a_off: r0 * d,
+                    a_rs: d,
+                    b_sk: 1,
+                    b_sn: d,
+                    c_off: chunk.row0,
+                    c_rs: vocab,
+                    alpha: 1.0,
+                    ..Default::default()
+                };
+                r.gemm(g, &b.x, &chunk.buffer, None, &b.logits);
+            }
+            r.plan.push(
+                KernelId::Head,
+                &[rows, vocab, 0, 0, r0, t],
+                &[&b.logits, &b.ids, &b.head_out],
+                row_groups(rows),
+            );
+            r0 += rows;
         }
-        r.plan.push(
-            KernelId::Head,
-            &[t, vocab, 0, 0],
-            &[&b.logits, &b.ids, &b.head_out],
-            row_groups(t),
-        );
 
         let kernel_ids = r.plan.kernel_ids();
         let recorded = r.plan.build(dev, &self.kernels);
         Ok(Workspace {
+            logit_rows,
             layout,
             op_stats,
             stats_len,
@@ -708,6 +746,17 @@ impl Engine {
             ws.head_len,
         );
         let kernel_ids = &ws.kernel_ids;
+        if opts.logits && ws.logit_rows < t {
+            return Err(Error::Limit {
+                adapter: self.adapter_name.clone(),
+                what: "the logits of every position (asked for with the Trace)".into(),
+                needed: u64::from(t) * u64::from(vocab) * 4,
+                limit: self.max_binding(),
+                hint:
+                    "trace without logits (the top-k and loss still come back), or a shorter prompt"
+                        .into(),
+            });
+        }
         self.queue
             .write_buffer(&b.ids, 0, bytemuck::cast_slice(ids));
         // The forward, then copies of what the Trace needs into one staging buffer, read back once.

@@ -112,6 +112,9 @@ pub struct GemmPolicy {
     pub min_split_k: u32,
     /// The tile of short prompts' GEMMs (the `matmul_nt_small` kernel is built for it).
     pub small: NtTile,
+    /// Partial sums split-K may hold at once: [`SPLIT_PARTIAL_FLOATS`], or less where the
+    /// adapter binds less.
+    pub partial_floats: u64,
 }
 
 impl Default for GemmPolicy {
@@ -121,6 +124,7 @@ impl Default for GemmPolicy {
             fill: 264,
             min_split_k: 128,
             small: NT_SMALL,
+            partial_floats: SPLIT_PARTIAL_FLOATS,
         }
     }
 }
@@ -176,7 +180,7 @@ pub fn choose_gemm(
         let padded = u64::from(m.div_ceil(t.bm) * t.bm) * u64::from(n.div_ceil(t.bn) * t.bn);
         let want = policy.fill.div_ceil(tiles) as u32;
         let by_k = (k / policy.min_split_k.max(1)).max(1);
-        let by_space = (SPLIT_PARTIAL_FLOATS / padded.max(1)).max(1) as u32;
+        let by_space = (policy.partial_floats / padded.max(1)).max(1) as u32;
         splits = want.min(by_k).min(by_space).max(1);
     }
     // Chunks in whole slices, so only the last split has a partial slice.

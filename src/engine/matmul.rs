@@ -181,10 +181,10 @@ pub(crate) fn push_gemm_unreduced(
 }
 
 /// The buffer split-K writes its partial sums to.
-pub(crate) fn partials_buffer(device: &wgpu::Device) -> wgpu::Buffer {
+pub(crate) fn partials_buffer(device: &wgpu::Device, policy: &GemmPolicy) -> wgpu::Buffer {
     device.create_buffer(&wgpu::BufferDescriptor {
         label: Some("split-K partials"),
-        size: SPLIT_PARTIAL_FLOATS * 4,
+        size: policy.partial_floats.max(4) * 4,
         usage: wgpu::BufferUsages::STORAGE,
         mapped_at_creation: false,
     })
@@ -233,7 +233,7 @@ impl Engine {
             )));
         }
         let [ab, bb, bias, cb] = self.gemm_buffers(a, b, m * n)?;
-        let partials = partials_buffer(&self.device);
+        let partials = partials_buffer(&self.device, &self.gemm_policy);
         let mut plan = Plan::new(self.limits.min_uniform_buffer_offset_alignment);
         let (m, n, k) = (m as u32, n as u32, k as u32);
         let g = Gemm::nt(m, n, k);
@@ -318,7 +318,7 @@ impl Engine {
             .map(|i| ((i % 89) as f32 - 44.0) / 89.0)
             .collect();
         let [ab, bb, bias, cb] = self.gemm_buffers(&a, &b, m * n)?;
-        let partials = partials_buffer(&self.device);
+        let partials = partials_buffer(&self.device, &self.gemm_policy);
         let g = Gemm::nt(m as u32, n as u32, k as u32);
         let mut plan = Plan::new(self.limits.min_uniform_buffer_offset_alignment);
         for _ in 0..iters.max(1) {

@@ -104,14 +104,30 @@ impl Engine {
     pub fn from_device(device: wgpu::Device, queue: wgpu::Queue, info: &wgpu::AdapterInfo) -> Self {
         let limits = device.limits();
         let kernels = Kernels::build_all(&device);
+        let mut gemm_policy = kernels::GemmPolicy::default();
+        let max_binding = limits
+            .max_storage_buffer_binding_size
+            .min(limits.max_buffer_size);
+        gemm_policy.partial_floats = gemm_policy.partial_floats.min(max_binding / 4);
         Self {
             device,
             queue,
             kernels,
             limits,
-            gemm_policy: Default::default(),
+            gemm_policy,
             adapter_name: format!("{} ({:?})", info.name, info.backend),
         }
+    }
+
+    /// Like [`Engine::new`], but binding at most `bytes` per storage buffer: how a GPU with
+    /// smaller limits (or a device opened with WebGPU's defaults) runs the same model. Tensors
+    /// and activations larger than that are split as they would be there; the tests use it.
+    pub fn with_binding_cap(bytes: u64) -> Result<Self, Error> {
+        let mut engine = Self::new()?;
+        engine.limits.max_storage_buffer_binding_size =
+            engine.limits.max_storage_buffer_binding_size.min(bytes);
+        engine.gemm_policy.partial_floats = engine.gemm_policy.partial_floats.min(bytes / 4);
+        Ok(engine)
     }
 
     /// A kernel's name as the profile tables print it.
