@@ -9,6 +9,7 @@ pub mod ops;
 
 use candle_core::backprop::GradStore;
 use candle_core::{DType, Device, Tensor, Var};
+use rayon::prelude::*;
 
 use crate::model::weights::ParamGroup;
 use crate::model::{Checkpoint, Family, ModelConfig, TextTokenizer, Token, Weights};
@@ -267,8 +268,9 @@ pub fn top_k(
     tokenizer: &TextTokenizer,
 ) -> candle_core::Result<Vec<Vec<Prediction>>> {
     let rows = ops::rows_f32(logits)?;
+    // One softmax sum and selection per position over the whole vocabulary: spread over threads.
     Ok(rows
-        .iter()
+        .par_iter()
         .map(|row| {
             let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
             let sum: f64 = row.iter().map(|&x| ((x - max) as f64).exp()).sum();
