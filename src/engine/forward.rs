@@ -204,18 +204,7 @@ impl Recorder<'_> {
     /// A sublayer's output projection `y = x W^T + bias`, left for `sublayer_out` to place: in
     /// `b.y`, or as split-K partial sums in `b.partials` (with the bias still to add).
     fn output_linear(&mut self, x: &wgpu::Buffer, l: &GpuLinear) -> PendingOutput {
-        let g = Gemm {
-            m: self.t,
-            n: l.out,
-            k: l.inp,
-            batch: 1,
-            a_rs: l.inp,
-            b_sk: 1,
-            b_sn: l.inp,
-            c_rs: l.out,
-            alpha: 1.0,
-            ..Default::default()
-        };
+        let g = Gemm::nt(self.t, l.out, l.inp);
         let has_bias = l.bias.is_some();
         let bias = l.bias.as_ref().unwrap_or(&self.model.dummy);
         let buffers = [x, &l.weight, bias, &self.b.y, &self.b.partials];
@@ -227,21 +216,9 @@ impl Recorder<'_> {
         }
     }
 
-    /// `out[:, :l.out] (at out_off) = x W^T + bias` for x `[T, l.inp]`.
-    fn linear(&mut self, x: &wgpu::Buffer, l: &GpuLinear, out: &wgpu::Buffer, out_off: u32) {
-        let g = Gemm {
-            m: self.t,
-            n: l.out,
-            k: l.inp,
-            batch: 1,
-            a_rs: l.inp,
-            b_sk: 1,
-            b_sn: l.inp,
-            c_off: out_off,
-            c_rs: l.out,
-            alpha: 1.0,
-            ..Default::default()
-        };
+    /// `out = x W^T + bias` for x `[T, l.inp]`.
+    fn linear(&mut self, x: &wgpu::Buffer, l: &GpuLinear, out: &wgpu::Buffer) {
+        let g = Gemm::nt(self.t, l.out, l.inp);
         self.gemm(g, x, &l.weight, l.bias.as_ref(), out);
     }
 
@@ -306,7 +283,7 @@ impl Recorder<'_> {
         let (heads, kv_heads) = (cfg.num_heads as u32, cfg.num_kv_heads as u32);
         let row = (heads + 2 * kv_heads) * hd;
         let (k_off, v_off) = (heads * hd, (heads + kv_heads) * hd);
-        self.linear(&b.x, &layer.qkv, &b.qkv, 0);
+        self.linear(&b.x, &layer.qkv, &b.qkv);
         if cfg.rope.is_some() {
             // q's and k's heads are adjacent in a row: one pass rotates both.
             let h = heads + kv_heads;
@@ -381,7 +358,7 @@ impl Recorder<'_> {
         let shape = (self.t, f);
         match &layer.mlp {
             GpuMlp::SwiGlu { gate_up, down } => {
-                self.linear(&b.x, gate_up, &b.ff_ab, 0);
+                self.linear(&b.x, gate_up, &b.ff_ab);
                 self.elementwise(
                     KernelId::SiluMul,
                     shape,
@@ -392,7 +369,7 @@ impl Recorder<'_> {
                 self.output_linear(&b.ff_c, down)
             }
             GpuMlp::Gelu { fc, proj } => {
-                self.linear(&b.x, fc, &b.ff_ab, 0);
+                self.linear(&b.x, fc, &b.ff_ab);
                 let kernel = match self.model.cfg.activation {
                     Activation::GeluErf => KernelId::GeluErf,
                     _ => KernelId::GeluTanh,
