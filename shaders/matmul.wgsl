@@ -210,29 +210,6 @@ const GLOAD_B: u32 = GBN * GKQ / GTHREADS;
 var<workgroup> sa: array<vec4<f32>, GBM * GPAD>; // [m][k / 4], padded
 var<workgroup> sb: array<vec4<f32>, GBN * GPAD>; // [n][k / 4], padded
 
-// The thread's share of the GBK-deep slices of A and B at k0, read ahead into registers.
-var<private> ra: array<vec4<f32>, GLOAD_A>;
-var<private> rb: array<vec4<f32>, GLOAD_B>;
-
-fn fetch_slices(k0: u32, k_end: u32, lid: u32, row0: u32, col0: u32, a_base: u32, b_base: u32) {
-    for (var s = 0u; s < GLOAD_A; s++) {
-        let e = lid + s * GTHREADS;
-        let row = row0 + e / GKQ;
-        let kx = k0 + (e % GKQ) * 4u;
-        var v = vec4<f32>(0.0);
-        if (row < p.m && kx < k_end) { v = a4[a_base + row * (p.a_rs / 4u) + kx / 4u]; }
-        ra[s] = v;
-    }
-    for (var s = 0u; s < GLOAD_B; s++) {
-        let e = lid + s * GTHREADS;
-        let col = col0 + e / GKQ;
-        let kx = k0 + (e % GKQ) * 4u;
-        var v = vec4<f32>(0.0);
-        if (col < p.n && kx < k_end) { v = b4[b_base + col * (p.b_sn / 4u) + kx / 4u]; }
-        rb[s] = v;
-    }
-}
-
 @compute @workgroup_size(GWX, GWY, 1)
 fn gemm_nt(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32,
            @builtin(local_invocation_id) l: vec3<u32>) {
@@ -244,10 +221,32 @@ fn gemm_nt(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index
     let col0 = wg.x * GBN;
     let a_base = (p.a_off + batch * p.a_bstride) / 4u;
     let b_base = (p.b_off + (batch / p.b_group) * p.b_bstride) / 4u;
+    let a_rs4 = p.a_rs / 4u;
+    let b_rs4 = p.b_sn / 4u;
 
+    var ra: array<vec4<f32>, GLOAD_A>;
+    var rb: array<vec4<f32>, GLOAD_B>;
     var acc: array<array<f32, GTN>, GTM>;
     for (var i = 0u; i < GTM; i++) { for (var j = 0u; j < GTN; j++) { acc[i][j] = 0.0; } }
-    fetch_slices(k_begin, k_end, lid, row0, col0, a_base, b_base);
+
+    // Slice at k_begin into registers. (Written out here and again for the read-ahead below: one
+    // shared function over private-scope arrays measured 7-19% slower on the H100.)
+    for (var s = 0u; s < GLOAD_A; s++) {
+        let e = lid + s * GTHREADS;
+        let row = row0 + e / GKQ;
+        let kx = k_begin + (e % GKQ) * 4u;
+        var v = vec4<f32>(0.0);
+        if (row < p.m && kx < k_end) { v = a4[a_base + row * a_rs4 + kx / 4u]; }
+        ra[s] = v;
+    }
+    for (var s = 0u; s < GLOAD_B; s++) {
+        let e = lid + s * GTHREADS;
+        let col = col0 + e / GKQ;
+        let kx = k_begin + (e % GKQ) * 4u;
+        var v = vec4<f32>(0.0);
+        if (col < p.n && kx < k_end) { v = b4[b_base + col * b_rs4 + kx / 4u]; }
+        rb[s] = v;
+    }
 
     for (var k0 = k_begin; k0 < k_end; k0 += GBK) {
         for (var s = 0u; s < GLOAD_A; s++) {
@@ -260,7 +259,24 @@ fn gemm_nt(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index
         }
         workgroupBarrier();
         let k1 = k0 + GBK;
-        if (k1 < k_end) { fetch_slices(k1, k_end, lid, row0, col0, a_base, b_base); }
+        if (k1 < k_end) {
+            for (var s = 0u; s < GLOAD_A; s++) {
+                let e = lid + s * GTHREADS;
+                let row = row0 + e / GKQ;
+                let kx = k1 + (e % GKQ) * 4u;
+                var v = vec4<f32>(0.0);
+                if (row < p.m && kx < k_end) { v = a4[a_base + row * a_rs4 + kx / 4u]; }
+                ra[s] = v;
+            }
+            for (var s = 0u; s < GLOAD_B; s++) {
+                let e = lid + s * GTHREADS;
+                let col = col0 + e / GKQ;
+                let kx = k1 + (e % GKQ) * 4u;
+                var v = vec4<f32>(0.0);
+                if (col < p.n && kx < k_end) { v = b4[b_base + col * b_rs4 + kx / 4u]; }
+                rb[s] = v;
+            }
+        }
         for (var kq = 0u; kq < GKQ; kq++) {
             var av: array<vec4<f32>, GTM>;
             var bv: array<vec4<f32>, GTN>;
