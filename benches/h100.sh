@@ -1,3 +1,6 @@
+#!/usr/bin/env bash
+# Every figure of BENCHMARKS.md in one command, on the lent GPU machine (run from the repository
+# root there, with .gl/ and .bench/depthlens carried; see BENCHMARKS.md "How to reproduce").
 for f in .gl/*.deb; do dpkg -x $f / >/dev/null; done; ldconfig; I=/usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json; [ -f $I ] && export VK_DRIVER_FILES=$I
 B=.bench/depthlens
 echo "### GEMM"; $B bench --synthetic block,12,768 --matmul | tail -11; python3 benches/torch_forward.py --synthetic block,12,768 --matmul | tail -6
