@@ -5,13 +5,14 @@
 //                                 computed once when the source is written)
 //   mode 0 (PreNorm baseline):    alpha_i = 1, h = v_0 + v_1 + ... (summed in source order)
 // and the op's Trace statistics: alpha, shares_i = alpha_i <v_i, h> / <h, h>, source RMS, hidden
-// RMS. The d loop is spread over WG threads, E elements each; sources go CH at a time.
+// RMS; then the sublayer's PreNorm of h into x (norm_kind 0: RMSNorm, 1: LayerNorm with beta),
+// fused here because h's sum of squares is already at hand (one dispatch fewer per op). The d loop is spread over WG threads, E elements each; sources go CH at a time.
 
 struct Params {
     t: u32, d: u32, n: u32, mode: u32,
     list_off: u32, q_off: u32, h_off: u32, eps: f32,
     ms_off: u32, alpha_off: u32, shares_off: u32, src_rms_off: u32,
-    hidden_rms_off: u32, _p0: u32, _p1: u32, _p2: u32,
+    hidden_rms_off: u32, norm_kind: u32, norm_eps: f32, _p0: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -20,6 +21,9 @@ struct Params {
 @group(0) @binding(3) var<storage, read> qg: array<f32>;
 @group(0) @binding(4) var<storage, read_write> h: array<f32>;
 @group(0) @binding(5) var<storage, read_write> stats: array<f32>;
+@group(0) @binding(6) var<storage, read> gain: array<f32>;
+@group(0) @binding(7) var<storage, read> beta: array<f32>;
+@group(0) @binding(8) var<storage, read_write> x: array<f32>;
 
 var<workgroup> weight: array<f32, MAX_SOURCES>;
 // Where each source's row for this token starts, and its mean square: looked up once per
@@ -104,6 +108,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
     }
     let hb = p.h_off + t * p.d;
     var hh = 0.0;
+    var hs = 0.0;
     for (var j0 = 0u; j0 < p.d; j0 += E * WG) {
         var acc: array<f32, E>;
         for (var e = 0u; e < E; e++) { acc[e] = 0.0; }
@@ -125,10 +130,24 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
         }
         for (var e = 0u; e < E; e++) {
             let j = j0 + lid + e * WG;
-            if (j < p.d) { h[hb + j] = acc[e]; hh = fma(acc[e], acc[e], hh); }
+            if (j < p.d) { h[hb + j] = acc[e]; hh = fma(acc[e], acc[e], hh); hs += acc[e]; }
         }
     }
     hh = workgroup_sum(lid, hh);
+    // PreNorm of h (this thread's own elements of h, as it wrote them).
+    var mean = 0.0;
+    var inv = 1.0 / sqrt(hh / f32(p.d) + p.norm_eps);
+    if (p.norm_kind == 1u) {
+        mean = workgroup_sum(lid, hs) / f32(p.d);
+        var sq = 0.0;
+        for (var j = lid; j < p.d; j += WG) { let c = h[hb + j] - mean; sq += c * c; }
+        inv = 1.0 / sqrt(workgroup_sum(lid, sq) / f32(p.d) + p.norm_eps);
+    }
+    for (var j = lid; j < p.d; j += WG) {
+        var v = (h[hb + j] - mean) * inv * gain[j];
+        if (p.norm_kind == 1u) { v += beta[j]; }
+        x[t * p.d + j] = v;
+    }
     // Shares need <v_i, h>: read h back from this thread's own writes (same elements).
     for (var i0 = 0u; i0 < p.n; i0 += CH) {
         var part: array<f32, CH>;

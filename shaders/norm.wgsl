@@ -1,6 +1,4 @@
 // Row-wise kernels on [rows, d] activations, one workgroup of WG threads per row.
-//   norm:      out[r] = RMSNorm(x[r]) * g            (kind 0: x / sqrt(mean(x^2) + eps))
-//              out[r] = LayerNorm(x[r]) * g + beta    (kind 1)
 //   row_stats: ms[r] = mean(x[r]^2) and rms[r] = sqrt(ms[r]) (Trace RMS; depth-key norms)
 //   sublayer_out: a sublayer's output y (the sum of `splits` split-K partials in x, plus the bias
 //              gain[] when has_bias) lands in the depth sources, in one pass:
@@ -23,28 +21,6 @@ const NONE: u32 = 0xffffffffu;
 @group(0) @binding(3) var<storage, read> beta: array<f32>;
 @group(0) @binding(4) var<storage, read_write> out: array<f32>;
 @group(0) @binding(5) var<storage, read_write> stats: array<f32>;
-
-@compute @workgroup_size(WG)
-fn norm(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-    let r = wg.x + wg.y * 65535u;
-    if (r >= p.rows) { return; }
-    let base = p.x_off + r * p.d;
-    var mean = 0.0;
-    if (p.kind == 1u) {
-        var s = 0.0;
-        for (var j = lid; j < p.d; j += WG) { s += x[base + j]; }
-        mean = workgroup_sum(lid, s) / f32(p.d);
-    }
-    var sq = 0.0;
-    for (var j = lid; j < p.d; j += WG) { let v = x[base + j] - mean; sq += v * v; }
-    let inv = 1.0 / sqrt(workgroup_sum(lid, sq) / f32(p.d) + p.eps);
-    let ob = p.out_off + r * p.d;
-    for (var j = lid; j < p.d; j += WG) {
-        var v = (x[base + j] - mean) * inv * gain[j];
-        if (p.kind == 1u) { v += beta[j]; }
-        out[ob + j] = v;
-    }
-}
 
 @compute @workgroup_size(WG)
 fn row_stats(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {

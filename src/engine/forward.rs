@@ -222,31 +222,6 @@ impl Recorder<'_> {
         self.gemm(g, x, &l.weight, l.bias.as_ref(), out);
     }
 
-    fn norm(&mut self, x: &wgpu::Buffer, n: &GpuNorm, out: &wgpu::Buffer) {
-        let cfg = &self.model.cfg;
-        let (kind, eps) = match cfg.norm {
-            NormKind::Rms { eps } => (0, eps),
-            NormKind::Layer { eps } => (1, eps),
-        };
-        let params = [
-            self.t,
-            cfg.hidden_size as u32,
-            0,
-            0,
-            kind,
-            (eps as f32).to_bits(),
-            NONE,
-            NONE,
-        ];
-        let beta = n.bias.as_ref().unwrap_or(&self.model.dummy);
-        self.plan.push(
-            KernelId::Norm,
-            &params,
-            &[x, &n.weight, beta, out],
-            row_groups(self.t),
-        );
-    }
-
     /// Mean square and/or RMS of `T` rows starting at element `x_off` into the stats buffer.
     fn row_stats(&mut self, x: &wgpu::Buffer, x_off: u32, ms_off: u32, rms_off: u32) {
         let d = self.model.cfg.hidden_size as u32;
@@ -601,13 +576,12 @@ impl Engine {
             } else {
                 layer.mlp_qg.as_ref()
             };
-            depth_op(&mut r, st, list_offsets[l], qg, eps);
             let norm = if l % 2 == 0 {
                 &layer.attn_norm
             } else {
                 &layer.mlp_norm
             };
-            r.norm(&b.h, norm, &b.x);
+            depth_op(&mut r, st, list_offsets[l], qg, eps, norm);
             let y = if l % 2 == 0 {
                 r.attention(layer)
             } else {
@@ -651,8 +625,8 @@ impl Engine {
             list_offsets[n_sub],
             model.final_qg.as_ref(),
             eps,
+            &model.final_norm,
         );
-        r.norm(&b.h, &model.final_norm, &b.x);
         r.row_stats(&b.x, 0, NONE, fin.output_rms);
         // The LM head and its statistics over positions in passes of `logit_rows`, so that the
         // logits of a pass fit one binding.
@@ -965,9 +939,21 @@ impl Engine {
     }
 }
 
-fn depth_op(r: &mut Recorder, st: &OpStats, list_off: u32, qg: Option<&wgpu::Buffer>, eps: f32) {
+/// The depth op of one sublayer (or the final one) and the PreNorm `norm` of its output into `x`.
+fn depth_op(
+    r: &mut Recorder,
+    st: &OpStats,
+    list_off: u32,
+    qg: Option<&wgpu::Buffer>,
+    eps: f32,
+    norm: &GpuNorm,
+) {
     let d = r.model.cfg.hidden_size as u32;
     let mode = u32::from(qg.is_some());
+    let (norm_kind, norm_eps) = match r.model.cfg.norm {
+        NormKind::Rms { eps } => (0, eps),
+        NormKind::Layer { eps } => (1, eps),
+    };
     let params = [
         r.t,
         d,
@@ -982,16 +968,26 @@ fn depth_op(r: &mut Recorder, st: &OpStats, list_off: u32, qg: Option<&wgpu::Buf
         st.shares,
         st.src_rms,
         st.hidden_rms,
-        0,
-        0,
+        norm_kind,
+        (norm_eps as f32).to_bits(),
         0,
     ];
     let qg = qg.unwrap_or(&r.model.dummy);
+    let beta = norm.bias.as_ref().unwrap_or(&r.model.dummy);
     let b = r.b;
     r.plan.push(
         KernelId::Depth,
         &params,
-        &[&b.sources, &b.slot_lists, qg, &b.h, &b.stats],
+        &[
+            &b.sources,
+            &b.slot_lists,
+            qg,
+            &b.h,
+            &b.stats,
+            &norm.weight,
+            beta,
+            &b.x,
+        ],
         row_groups(r.t),
     );
 }

@@ -375,14 +375,6 @@ pub const KERNELS: &[KernelSpec] = &[
         &[Read, Read, Read, ReadWrite],
     ),
     spec(
-        "norm",
-        NORM,
-        "norm",
-        ROW,
-        true,
-        &[Read, Read, Read, ReadWrite],
-    ),
-    spec(
         "row_stats",
         NORM,
         "row_stats",
@@ -445,7 +437,9 @@ pub const KERNELS: &[KernelSpec] = &[
         "main",
         &[("WG", DEPTH_WG), ("MAX_SOURCES", MAX_SOURCES)],
         true,
-        &[Read, Read, Read, ReadWrite, ReadWrite],
+        &[
+            Read, Read, Read, ReadWrite, ReadWrite, Read, Read, ReadWrite,
+        ],
     ),
     spec(
         "head",
@@ -564,7 +558,6 @@ pub enum KernelId {
     MatmulNtMid,
     MatmulNtSmall,
     SplitKReduce,
-    Norm,
     RowStats,
     SublayerOut,
     Rope,

@@ -76,7 +76,7 @@ impl Engine {
             adapters.retain(|a| a.get_info().name.to_lowercase().contains(&wanted));
         }
         // Compute needs storage buffers in compute shaders; GL adapters under WebGL2 limits have none.
-        adapters.retain(|a| a.limits().max_storage_buffers_per_shader_stage >= 6);
+        adapters.retain(|a| a.limits().max_storage_buffers_per_shader_stage >= 8);
         adapters.sort_by_key(|a| adapter_rank(&a.get_info()));
         let adapter = adapters
             .into_iter()
