@@ -5,9 +5,11 @@
 
 // Element i is column i % width of row i / width; each operand has its own row stride (so silu_mul
 // reads gate and up from the stacked [T, 2F] activations). width = n: one dense row.
+// silu_mul also sums `splits` split-K partials of a and b, split_stride apart (1: plain).
 struct Params {
     n: u32, a_off: u32, b_off: u32, out_off: u32,
     width: u32, a_rs: u32, b_rs: u32, out_rs: u32,
+    splits: u32, split_stride: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -22,8 +24,13 @@ fn at(i: u32, off: u32, rs: u32) -> u32 { return off + (i / p.width) * rs + i % 
 fn silu_mul(@builtin(global_invocation_id) gid: vec3<u32>) {
     let i = index(gid);
     if (i >= p.n) { return; }
-    let g = a[at(i, p.a_off, p.a_rs)];
-    out[at(i, p.out_off, p.out_rs)] = g / (1.0 + exp(-g)) * b[at(i, p.b_off, p.b_rs)];
+    var g = 0.0;
+    var u = 0.0;
+    for (var s = 0u; s < max(p.splits, 1u); s++) {
+        g += a[s * p.split_stride + at(i, p.a_off, p.a_rs)];
+        u += b[s * p.split_stride + at(i, p.b_off, p.b_rs)];
+    }
+    out[at(i, p.out_off, p.out_rs)] = g / (1.0 + exp(-g)) * u;
 }
 
 @compute @workgroup_size(WG)

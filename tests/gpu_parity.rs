@@ -190,6 +190,20 @@ fn gpt2_trace_matches_the_reference() {
     assert_parity("gpt2", &ODD);
 }
 
+/// The biased q/k/v projection (K = 256) runs split-K; RoPE sums its partials and adds the bias.
+#[test]
+fn split_k_qkv_with_bias_and_rope_match_the_reference() {
+    let cfg = common::tiny_config("qwen2:wide");
+    let row = ((cfg.num_heads + 2 * cfg.num_kv_heads) * cfg.head_dim) as u32;
+    let qkv = Gemm::nt(ODD.len() as u32, row, cfg.hidden_size as u32);
+    let choice = qkv.choice(&GemmPolicy::default());
+    assert!(
+        choice.splits > 1,
+        "the q/k/v projection splits K: {choice:?}"
+    );
+    assert_parity("qwen2:wide", &ODD);
+}
+
 /// The MLP's output projection (K = 300, with a bias) runs split-K; its partial sums and the bias
 /// are added where the output joins the depth sources.
 #[test]

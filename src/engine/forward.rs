@@ -245,8 +245,21 @@ impl Recorder<'_> {
         b: (&wgpu::Buffer, u32, u32),
         out: (&wgpu::Buffer, u32, u32),
     ) {
+        self.elementwise_split(kernel, (rows, width), a, b, out, (1, 0));
+    }
+
+    /// [`Recorder::elementwise`] over `splits` split-K partials of a and b, `stride` apart.
+    fn elementwise_split(
+        &mut self,
+        kernel: KernelId,
+        (rows, width): (u32, u32),
+        a: (&wgpu::Buffer, u32, u32),
+        b: (&wgpu::Buffer, u32, u32),
+        out: (&wgpu::Buffer, u32, u32),
+        (splits, stride): (u32, u32),
+    ) {
         let n = rows * width;
-        let params = [n, a.1, b.1, out.1, width, a.2, b.2, out.2];
+        let params = [n, a.1, b.1, out.1, width, a.2, b.2, out.2, splits, stride];
         self.plan
             .push(kernel, &params, &[a.0, b.0, out.0], elementwise_groups(n));
     }
@@ -258,14 +271,29 @@ impl Recorder<'_> {
         let (heads, kv_heads) = (cfg.num_heads as u32, cfg.num_kv_heads as u32);
         let row = (heads + 2 * kv_heads) * hd;
         let (k_off, v_off) = (heads * hd, (heads + kv_heads) * hd);
-        self.linear(&b.x, &layer.qkv, &b.qkv);
-        if cfg.rope.is_some() {
-            // q's and k's heads are adjacent in a row: one pass rotates both.
-            let h = heads + kv_heads;
-            let params = [t, h, hd, 0, row];
-            let groups = elementwise_groups(t * h * hd / 2);
+        // q's and k's heads are adjacent in a row: one pass rotates both. With split-K that pass
+        // also sums the partials (and adds the bias), instead of a reduction dispatch of its own.
+        let g = Gemm::nt(t, row, layer.qkv.inp);
+        let choice = g.choice(self.policy);
+        let h = heads + kv_heads;
+        if cfg.rope.is_some() && choice.splits > 1 {
+            let has_bias = layer.qkv.bias.is_some();
+            let bias = layer.qkv.bias.as_ref().unwrap_or(&self.model.dummy);
+            let buffers = [&b.x, &layer.qkv.weight, bias, &b.qkv, &b.partials];
+            let splits = push_gemm_unreduced(&mut self.plan, &g, choice, buffers, false);
+            let params = [t, h, hd, 0, row, splits, t * row, u32::from(has_bias)];
+            let groups = elementwise_groups(t * (h * hd / 2 + row - h * hd));
+            let buffers = [&b.cos, &b.sin, &b.qkv, &b.partials, bias];
             self.plan
-                .push(KernelId::Rope, &params, &[&b.cos, &b.sin, &b.qkv], groups);
+                .push(KernelId::ReduceRope, &params, &buffers, groups);
+        } else {
+            self.linear(&b.x, &layer.qkv, &b.qkv);
+            if cfg.rope.is_some() {
+                let params = [t, h, hd, 0, row, 1, 0, 0];
+                let groups = elementwise_groups(t * h * hd / 2);
+                self.plan
+                    .push(KernelId::Rope, &params, &[&b.cos, &b.sin, &b.qkv], groups);
+            }
         }
         // Heads in passes of `heads_per_pass` (whole kv groups, or within one), so that the
         // scores of a pass fit one binding.
@@ -333,13 +361,25 @@ impl Recorder<'_> {
         let shape = (self.t, f);
         match &layer.mlp {
             GpuMlp::SwiGlu { gate_up, down } => {
-                self.linear(&b.x, gate_up, &b.ff_ab);
-                self.elementwise(
+                // With split-K (and no bias) SiLU * up sums the partials itself.
+                let g = Gemm::nt(self.t, 2 * f, gate_up.inp);
+                let choice = g.choice(self.policy);
+                let (src, splits) = if choice.splits > 1 && gate_up.bias.is_none() {
+                    let dummy = &self.model.dummy;
+                    let buffers = [&b.x, &gate_up.weight, dummy, &b.ff_ab, &b.partials];
+                    let splits = push_gemm_unreduced(&mut self.plan, &g, choice, buffers, false);
+                    (&b.partials, splits)
+                } else {
+                    self.linear(&b.x, gate_up, &b.ff_ab);
+                    (&b.ff_ab, 1)
+                };
+                self.elementwise_split(
                     KernelId::SiluMul,
                     shape,
-                    (&b.ff_ab, 0, 2 * f),
-                    (&b.ff_ab, f, 2 * f),
+                    (src, 0, 2 * f),
+                    (src, f, 2 * f),
                     (&b.ff_c, 0, f),
+                    (splits, self.t * 2 * f),
                 );
                 self.output_linear(&b.ff_c, down)
             }

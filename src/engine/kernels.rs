@@ -392,6 +392,14 @@ pub const KERNELS: &[KernelSpec] = &[
     ),
     spec("rope", ROPE, "main", ROW, false, &[Read, Read, ReadWrite]),
     spec(
+        "reduce_rope",
+        ROPE,
+        "reduce_rope",
+        ROW,
+        false,
+        &[Read, Read, ReadWrite, Read, Read],
+    ),
+    spec(
         "causal_softmax",
         ATTENTION,
         "causal_softmax",
@@ -561,6 +569,7 @@ pub enum KernelId {
     RowStats,
     SublayerOut,
     Rope,
+    ReduceRope,
     CausalSoftmax,
     SiluMul,
     GeluTanh,

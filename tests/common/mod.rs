@@ -10,7 +10,8 @@ use depthlens::model::{ModelConfig, Weights};
 use serde_json::json;
 
 /// A tiny config of the given kind: `llama`, `qwen2`, `mistral`, `gpt2`, `gpt2:deep-mlp` (an MLP
-/// wide enough that its biased output projection splits K on the GPU), `full`, `block:S`.
+/// wide enough that its biased output projection splits K on the GPU), `qwen2:wide` (d = 256: the
+/// biased q/k/v projection splits K), `full`, `block:S`.
 /// Sizes are odd where the architecture allows, to catch shape mix-ups.
 pub fn tiny_config(kind: &str) -> ModelConfig {
     let value = match kind {
@@ -27,6 +28,11 @@ pub fn tiny_config(kind: &str) -> ModelConfig {
             let (model_type, extra) = match kind {
                 "llama" => ("llama", json!({})),
                 "qwen2" => ("qwen2", json!({"tie_word_embeddings": true})),
+                "qwen2:wide" => (
+                    "qwen2",
+                    json!({"hidden_size": 256, "num_attention_heads": 4, "head_dim": 64,
+                           "num_hidden_layers": 2, "intermediate_size": 64}),
+                ),
                 "mistral" => ("mistral", json!({"sliding_window": 5})),
                 "full" => ("attnres", json!({"attnres_mode": "full"})),
                 k if k.starts_with("block:") => (
