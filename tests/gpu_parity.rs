@@ -586,3 +586,10 @@ fn a_small_binding_limit_splits_attention_and_the_lm_head_and_the_trace_still_ma
         .to_string();
     assert!(err.contains("logits"), "{err}");
 }
+
+/// The adapter check asks for exactly what the widest shipped kernel binds.
+#[test]
+fn the_storage_buffer_requirement_is_what_the_widest_kernel_binds() {
+    let widest = KERNELS.iter().map(|k| k.storage.len()).max().unwrap();
+    assert_eq!(widest as u32, depthlens::engine::STORAGE_BUFFERS_NEEDED);
+}

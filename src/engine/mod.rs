@@ -13,6 +13,10 @@ pub use model::GpuModel;
 
 use kernels::Kernels;
 
+/// Storage buffers the widest kernel binds (the depth op: sources, slot lists, query, h, stats,
+/// norm gain and beta, normalised output).
+pub const STORAGE_BUFFERS_NEEDED: u32 = 8;
+
 /// Why the GPU engine could not run.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -20,6 +24,8 @@ pub enum Error {
     NoAdapter(String),
     #[error("GPU adapter `{adapter}`: cannot create a device: {reason}")]
     Device { adapter: String, reason: String },
+    #[error("GPU adapter `{adapter}` binds {has} storage buffers per compute shader; the depth kernel needs {STORAGE_BUFFERS_NEEDED}: use another adapter (WGPU_ADAPTER_NAME) or --device cpu")]
+    TooFewStorageBuffers { adapter: String, has: u32 },
     #[error("GPU adapter `{adapter}`: {what} needs {needed} bytes, but the adapter allows {limit} ({hint})")]
     Limit {
         adapter: String,
@@ -76,12 +82,25 @@ impl Engine {
             adapters.retain(|a| a.get_info().name.to_lowercase().contains(&wanted));
         }
         // Compute needs storage buffers in compute shaders; GL adapters under WebGL2 limits have none.
-        adapters.retain(|a| a.limits().max_storage_buffers_per_shader_stage >= 8);
+        let (usable, short): (Vec<_>, Vec<_>) = adapters.into_iter().partition(|a| {
+            a.limits().max_storage_buffers_per_shader_stage >= STORAGE_BUFFERS_NEEDED
+        });
+        let mut adapters = usable;
         adapters.sort_by_key(|a| adapter_rank(&a.get_info()));
-        let adapter = adapters
-            .into_iter()
-            .next()
-            .ok_or_else(|| Error::NoAdapter(format!("backends {backends:?}")))?;
+        let adapter = adapters.into_iter().next().ok_or_else(|| {
+            let skipped: Vec<String> = short
+                .iter()
+                .map(|a| {
+                    let limit = a.limits().max_storage_buffers_per_shader_stage;
+                    format!("`{}` binds only {limit} storage buffers", a.get_info().name)
+                })
+                .collect();
+            let mut why = format!("backends {backends:?}");
+            if !skipped.is_empty() {
+                why += &format!("; skipped: {}", skipped.join(", "));
+            }
+            Error::NoAdapter(why)
+        })?;
         let info = adapter.get_info();
         let limits = adapter.limits();
         let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
@@ -97,26 +116,38 @@ impl Engine {
             adapter: info.name.clone(),
             reason: e.to_string(),
         })?;
-        Ok(Self::from_device(device, queue, &info))
+        Self::from_device(device, queue, &info)
     }
 
     /// Use a device someone else opened (the app's eframe renderer), so there is only one.
-    pub fn from_device(device: wgpu::Device, queue: wgpu::Queue, info: &wgpu::AdapterInfo) -> Self {
+    /// Fails, rather than panicking on the first pipeline, when the device binds too few storage
+    /// buffers per compute shader (a device opened with WebGL2 limits binds none).
+    pub fn from_device(
+        device: wgpu::Device,
+        queue: wgpu::Queue,
+        info: &wgpu::AdapterInfo,
+    ) -> Result<Self, Error> {
         let limits = device.limits();
+        if limits.max_storage_buffers_per_shader_stage < STORAGE_BUFFERS_NEEDED {
+            return Err(Error::TooFewStorageBuffers {
+                adapter: info.name.clone(),
+                has: limits.max_storage_buffers_per_shader_stage,
+            });
+        }
         let kernels = Kernels::build_all(&device);
         let mut gemm_policy = kernels::GemmPolicy::default();
         let max_binding = limits
             .max_storage_buffer_binding_size
             .min(limits.max_buffer_size);
         gemm_policy.partial_floats = gemm_policy.partial_floats.min(max_binding / 4);
-        Self {
+        Ok(Self {
             device,
             queue,
             kernels,
             limits,
             gemm_policy,
             adapter_name: format!("{} ({:?})", info.name, info.backend),
-        }
+        })
     }
 
     /// Like [`Engine::new`], but binding at most `bytes` per storage buffer: how a GPU with
