@@ -328,13 +328,7 @@ fn every_nt_tile_and_split_matches_at_odd_sizes() {
             (70, 130, 68, 5),
         ] {
             // Chunks of whole slices; the last split is the short one.
-            let k_chunk = (k as u32).div_ceil(splits).div_ceil(t.bk) * t.bk;
-            let choice = GemmChoice {
-                kernel,
-                tile: (t.bm, t.bn),
-                splits: (k as u32).div_ceil(k_chunk),
-                k_chunk,
-            };
+            let choice = GemmChoice::nt_split(kernel, t, k as u32, splits);
             check_gemm(m, n, k, Some(choice), &mut rng);
         }
     }

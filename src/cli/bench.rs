@@ -397,18 +397,11 @@ fn gemm_candidates(m: u32, n: u32, k: u32) -> Vec<GemmChoice> {
         (KernelId::MatmulNtSmall, NT_SMALL),
     ] {
         for splits in [1u32, 2, 4, 8] {
-            let k_chunk = k.div_ceil(splits).div_ceil(t.bk) * t.bk;
-            let splits = k.div_ceil(k_chunk);
-            let partial = u64::from(splits) * u64::from(m) * u64::from(n);
-            if splits > 1 && partial > SPLIT_PARTIAL_FLOATS {
+            let c = GemmChoice::nt_split(kernel, t, k, splits);
+            let partial = u64::from(c.splits) * u64::from(m) * u64::from(n);
+            if c.splits > 1 && partial > SPLIT_PARTIAL_FLOATS {
                 continue;
             }
-            let c = GemmChoice {
-                kernel,
-                tile: (t.bm, t.bn),
-                splits,
-                k_chunk,
-            };
             if !out.contains(&c) {
                 out.push(c);
             }

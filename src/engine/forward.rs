@@ -236,20 +236,9 @@ impl Recorder<'_> {
     }
 
     /// An activations.wgsl kernel over `rows x width` elements; each operand is (buffer,
-    /// offset, row stride).
+    /// offset, row stride), and a and b are the sum of `splits` split-K partials `stride` apart
+    /// (`(1, 0)`: a plain tensor).
     fn elementwise(
-        &mut self,
-        kernel: KernelId,
-        (rows, width): (u32, u32),
-        a: (&wgpu::Buffer, u32, u32),
-        b: (&wgpu::Buffer, u32, u32),
-        out: (&wgpu::Buffer, u32, u32),
-    ) {
-        self.elementwise_split(kernel, (rows, width), a, b, out, (1, 0));
-    }
-
-    /// [`Recorder::elementwise`] over `splits` split-K partials of a and b, `stride` apart.
-    fn elementwise_split(
         &mut self,
         kernel: KernelId,
         (rows, width): (u32, u32),
@@ -373,7 +362,7 @@ impl Recorder<'_> {
                     self.linear(&b.x, gate_up, &b.ff_ab);
                     (&b.ff_ab, 1)
                 };
-                self.elementwise_split(
+                self.elementwise(
                     KernelId::SiluMul,
                     shape,
                     (src, 0, 2 * f),
@@ -390,7 +379,7 @@ impl Recorder<'_> {
                     _ => KernelId::GeluTanh,
                 };
                 let dense = (&b.ff_ab, 0, f);
-                self.elementwise(kernel, shape, dense, dense, (&b.ff_c, 0, f));
+                self.elementwise(kernel, shape, dense, dense, (&b.ff_c, 0, f), (1, 0));
                 self.output_linear(&b.ff_c, proj)
             }
         }

@@ -117,11 +117,14 @@ pub struct GemmPolicy {
     pub partial_floats: u64,
 }
 
+/// Two workgroups per multiprocessor of an H100 (132).
+const DEFAULT_FILL: u64 = 264;
+
 impl Default for GemmPolicy {
     fn default() -> Self {
         Self {
             large_fill: 128,
-            fill: 264,
+            fill: DEFAULT_FILL,
             min_split_k: 128,
             small: NT_SMALL,
             partial_floats: SPLIT_PARTIAL_FLOATS,
@@ -129,8 +132,8 @@ impl Default for GemmPolicy {
     }
 }
 
-/// Most partial sums split-K may hold: (FILL_WORKGROUPS * 2) full NT_MID tiles' worth.
-pub const SPLIT_PARTIAL_FLOATS: u64 = 2 * 264 * (NT_MID.bm * NT_MID.bn) as u64;
+/// Most partial sums split-K may hold: two full mid tiles per workgroup of the default fill.
+pub const SPLIT_PARTIAL_FLOATS: u64 = 2 * DEFAULT_FILL * (NT_MID.bm * NT_MID.bn) as u64;
 
 /// How one GEMM runs: the kernel, its (rows, columns) tile, and how many k-splits (1: none).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -141,10 +144,24 @@ pub struct GemmChoice {
     pub k_chunk: u32,
 }
 
+impl GemmChoice {
+    /// `kernel` built for NT tile `t`, with K (`k`) split about `splits` ways in chunks of whole
+    /// slices, so that only the last split has a partial slice (the split count that results).
+    pub fn nt_split(kernel: KernelId, t: NtTile, k: u32, splits: u32) -> Self {
+        let k_chunk = (k.div_ceil(splits.max(1)).div_ceil(t.bk) * t.bk).max(1);
+        Self {
+            kernel,
+            tile: (t.bm, t.bn),
+            splits: k.div_ceil(k_chunk).max(1),
+            k_chunk,
+        }
+    }
+}
+
 /// Pick the kernel for an `M x N x K` GEMM over `batch` matrices: the generic kernel unless the
 /// operands suit the NT fast path (`nt_ok`); then the largest NT tile that still fills the GPU,
 /// else the smallest one with K split until it does (batch 1 only, partials within
-/// [`SPLIT_PARTIAL_FLOATS`]).
+/// `policy.partial_floats`).
 pub fn choose_gemm(
     policy: &GemmPolicy,
     (m, n, k): (u32, u32, u32),
@@ -183,15 +200,7 @@ pub fn choose_gemm(
         let by_space = (policy.partial_floats / padded.max(1)).max(1) as u32;
         splits = want.min(by_k).min(by_space).max(1);
     }
-    // Chunks in whole slices, so only the last split has a partial slice.
-    let k_chunk = k.div_ceil(splits).div_ceil(t.bk) * t.bk;
-    let splits = k.div_ceil(k_chunk.max(1)).max(1);
-    GemmChoice {
-        kernel: KernelId::MatmulNtSmall,
-        tile: (t.bm, t.bn),
-        splits,
-        k_chunk: k_chunk.max(1),
-    }
+    GemmChoice::nt_split(KernelId::MatmulNtSmall, t, k, splits)
 }
 
 /// Threads per workgroup of the row-wise and elementwise kernels (a power of two).

@@ -191,7 +191,8 @@ pub(crate) fn partials_buffer(device: &wgpu::Device, policy: &GemmPolicy) -> wgp
 }
 
 impl Engine {
-    fn gemm_buffers(&self, a: &[f32], b: &[f32], c_len: usize) -> Result<[wgpu::Buffer; 4], Error> {
+    /// A, B, a zero bias, C and split-K partials for a host GEMM.
+    fn gemm_buffers(&self, a: &[f32], b: &[f32], c_len: usize) -> Result<[wgpu::Buffer; 5], Error> {
         for (what, len) in [("A", a.len()), ("B", b.len()), ("C", c_len)] {
             self.check_size(
                 &format!("GEMM operand {what}"),
@@ -213,7 +214,14 @@ impl Engine {
             usage: USAGE,
             mapped_at_creation: false,
         });
-        Ok([init("A", a), init("B", b), init("bias", &[0.0; 4]), c])
+        let partials = partials_buffer(&self.device, &self.gemm_policy);
+        Ok([
+            init("A", a),
+            init("B", b),
+            init("bias", &[0.0; 4]),
+            c,
+            partials,
+        ])
     }
 
     /// `C[M, N] = A[M, K] B[N, K]^T` on the GPU, through the shipped GEMM kernels: the one the
@@ -232,8 +240,7 @@ impl Engine {
                 b.len()
             )));
         }
-        let [ab, bb, bias, cb] = self.gemm_buffers(a, b, m * n)?;
-        let partials = partials_buffer(&self.device, &self.gemm_policy);
+        let [ab, bb, bias, cb, partials] = self.gemm_buffers(a, b, m * n)?;
         let mut plan = Plan::new(self.limits.min_uniform_buffer_offset_alignment);
         let (m, n, k) = (m as u32, n as u32, k as u32);
         let g = Gemm::nt(m, n, k);
@@ -292,14 +299,7 @@ impl Engine {
             .kernels
             .with_nt_tile(&self.device, tile, None)
             .map_err(Error::Unsupported)?;
-        let k = shape.2 as u32;
-        let k_chunk = k.div_ceil(splits.max(1)).div_ceil(tile.bk) * tile.bk;
-        let choice = GemmChoice {
-            kernel,
-            tile: (tile.bm, tile.bn),
-            splits: k.div_ceil(k_chunk),
-            k_chunk,
-        };
+        let choice = GemmChoice::nt_split(kernel, tile, shape.2 as u32, splits);
         self.time_gemm_with(&kernels, shape, choice, iters, reps)
     }
 
@@ -317,8 +317,7 @@ impl Engine {
         let b: Vec<f32> = (0..n * k)
             .map(|i| ((i % 89) as f32 - 44.0) / 89.0)
             .collect();
-        let [ab, bb, bias, cb] = self.gemm_buffers(&a, &b, m * n)?;
-        let partials = partials_buffer(&self.device, &self.gemm_policy);
+        let [ab, bb, bias, cb, partials] = self.gemm_buffers(&a, &b, m * n)?;
         let g = Gemm::nt(m as u32, n as u32, k as u32);
         let mut plan = Plan::new(self.limits.min_uniform_buffer_offset_alignment);
         for _ in 0..iters.max(1) {
