@@ -181,3 +181,156 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
     }
     if (lid == 0u) { stats[p.hidden_rms_off + t] = sqrt(hh / f32(p.d)); }
 }
+
+// ---------------------------------------------------------------------------------------------
+// `main_cached`: the same op and statistics in one read of the sources, for ops whose sources fit
+// in registers (n <= CN, d <= CE * CWG; the host picks it, and `main` above otherwise). Each
+// thread loads its CE elements of every source once, up front (n * CE loads in flight), and
+// scores, mixes and takes the shares from those registers: `main` reads every source three
+// times, and on a GPU that made the op a third of a GEMM's time per sublayer. Reductions over the
+// workgroup take CR values at once (CN dots, then Σh², Σh) in three barriers, not a log2 tree.
+
+// Rows of a cached reduction: one per source, plus Σh² and Σh.
+const CR: u32 = CN + 2u;
+// Each thread of the second step sums SEG values, strided so that neighbours read neighbours.
+const SEG: u32 = 16u;
+const_assert CWG % SEG == 0u;
+const_assert CR * (CWG / SEG) <= CWG;
+var<workgroup> cred: array<f32, CR * CWG>;
+var<workgroup> cseg: array<f32, CR * (CWG / SEG)>;
+var<workgroup> ctot: array<f32, CR>;
+
+// Every thread's `part` summed over the workgroup; every thread gets the totals back. Every
+// thread must call it (barriers); totals are copied out before the next call can overwrite them.
+fn cached_sums(lid: u32, part: array<f32, CR>) -> array<f32, CR> {
+    for (var r = 0u; r < CR; r++) { cred[r * CWG + lid] = part[r]; }
+    workgroupBarrier();
+    let segs = CWG / SEG;
+    if (lid < CR * segs) {
+        let r = lid / segs;
+        let s = lid % segs;
+        var acc = 0.0;
+        for (var k = 0u; k < SEG; k++) { acc += cred[r * CWG + s + k * segs]; }
+        cseg[lid] = acc;
+    }
+    workgroupBarrier();
+    if (lid < CR) {
+        var acc = 0.0;
+        for (var s = 0u; s < segs; s++) { acc += cseg[lid * segs + s]; }
+        ctot[lid] = acc;
+    }
+    workgroupBarrier();
+    var out: array<f32, CR>;
+    for (var r = 0u; r < CR; r++) { out[r] = ctot[r]; }
+    return out;
+}
+
+@compute @workgroup_size(CWG)
+fn main_cached(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let t = wg.x + wg.y * 65535u;
+    if (t >= p.t) { return; }
+    // v[c * CE + e]: element lid + e * CWG of source c (0 past d or n).
+    var v: array<f32, CN * CE>;
+    var ms: array<f32, CN>;
+    for (var c = 0u; c < CN; c++) {
+        ms[c] = 1.0;
+        for (var e = 0u; e < CE; e++) { v[c * CE + e] = 0.0; }
+        if (c < p.n) {
+            let slot = slots[p.list_off + c];
+            let base = (slot * p.t + t) * p.d;
+            ms[c] = stats[p.ms_off + slot * p.t + t];
+            for (var e = 0u; e < CE; e++) {
+                let j = lid + e * CWG;
+                if (j < p.d) { v[c * CE + e] = src[base + j]; }
+            }
+        }
+    }
+    var w: array<f32, CN>;
+    if (p.mode == 1u) {
+        var q: array<f32, CE>;
+        for (var e = 0u; e < CE; e++) {
+            let j = lid + e * CWG;
+            q[e] = 0.0;
+            if (j < p.d) { q[e] = qg[p.q_off + j]; }
+        }
+        var part: array<f32, CR>;
+        for (var r = 0u; r < CR; r++) { part[r] = 0.0; }
+        for (var c = 0u; c < CN; c++) {
+            for (var e = 0u; e < CE; e++) { part[c] = fma(v[c * CE + e], q[e], part[c]); }
+        }
+        let dots = cached_sums(lid, part);
+        // Softmax over at most CN logits: every thread computes it (no barrier, no broadcast).
+        var m = -3.0e38;
+        for (var c = 0u; c < CN; c++) {
+            w[c] = dots[c] / sqrt(ms[c] + p.eps);
+            if (c < p.n) { m = max(m, w[c]); }
+        }
+        var sum = 0.0;
+        for (var c = 0u; c < CN; c++) {
+            w[c] = select(0.0, exp(w[c] - m), c < p.n);
+            sum += w[c];
+        }
+        for (var c = 0u; c < CN; c++) { w[c] = w[c] / sum; }
+    } else {
+        for (var c = 0u; c < CN; c++) { w[c] = select(0.0, 1.0, c < p.n); }
+    }
+    // h, in source order (the baseline's residual sum keeps the reference's summation order).
+    var hv: array<f32, CE>;
+    for (var e = 0u; e < CE; e++) { hv[e] = 0.0; }
+    for (var c = 0u; c < CN; c++) {
+        if (c < p.n) {
+            for (var e = 0u; e < CE; e++) {
+                if (p.mode == 1u) {
+                    hv[e] = fma(w[c], v[c * CE + e], hv[e]);
+                } else {
+                    hv[e] += v[c * CE + e];
+                }
+            }
+        }
+    }
+    let hb = p.h_off + t * p.d;
+    var part: array<f32, CR>;
+    for (var r = 0u; r < CR; r++) { part[r] = 0.0; }
+    for (var e = 0u; e < CE; e++) {
+        let j = lid + e * CWG;
+        if (j < p.d) {
+            h[hb + j] = hv[e];
+            for (var c = 0u; c < CN; c++) { part[c] = fma(v[c * CE + e], hv[e], part[c]); }
+            part[CN] = fma(hv[e], hv[e], part[CN]);
+            part[CN + 1u] += hv[e];
+        }
+    }
+    let sums = cached_sums(lid, part);
+    let hh = sums[CN];
+    // PreNorm of h into x.
+    var mean = 0.0;
+    var inv = 1.0 / sqrt(hh / f32(p.d) + p.norm_eps);
+    if (p.norm_kind == 1u) {
+        mean = sums[CN + 1u] / f32(p.d);
+        var sq: array<f32, CR>;
+        for (var r = 0u; r < CR; r++) { sq[r] = 0.0; }
+        for (var e = 0u; e < CE; e++) {
+            let j = lid + e * CWG;
+            if (j < p.d) { let c = hv[e] - mean; sq[0] = fma(c, c, sq[0]); }
+        }
+        inv = 1.0 / sqrt(cached_sums(lid, sq)[0] / f32(p.d) + p.norm_eps);
+    }
+    for (var e = 0u; e < CE; e++) {
+        let j = lid + e * CWG;
+        if (j < p.d) {
+            var y = (hv[e] - mean) * inv * gain[j];
+            if (p.norm_kind == 1u) { y += beta[j]; }
+            x[t * p.d + j] = y;
+        }
+    }
+    // Thread c writes source c's statistics (constant indices: the arrays stay in registers).
+    for (var c = 0u; c < CN; c++) {
+        if (lid == c && c < p.n) {
+            let row = t * p.n + c;
+            stats[p.alpha_off + row] = w[c];
+            stats[p.shares_off + row] = w[c] * sums[c] / max(hh, 1.1754944e-38);
+            stats[p.src_rms_off + row] = sqrt(ms[c]);
+        }
+    }
+    if (lid == 0u) { stats[p.hidden_rms_off + t] = sqrt(hh / f32(p.d)); }
+}

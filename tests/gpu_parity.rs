@@ -228,6 +228,12 @@ fn full_attnres_trace_matches_the_reference() {
 }
 
 #[test]
+fn full_attnres_ops_with_more_sources_than_registers_hold_match_the_reference() {
+    // The last ops of 7 layers see 13..15 sources: past the register-cached depth kernel.
+    assert_parity("full:deep", &[5, 17, 2, 9, 250, 33, 101]);
+}
+
+#[test]
 fn block_attnres_trace_matches_the_reference() {
     assert_parity("block:3", &ODD);
     assert_parity("block:4", &ODD[..7]);

@@ -3,7 +3,7 @@
 
 use wgpu::util::DeviceExt;
 
-use super::kernels::{KernelId, MAX_SOURCES, TOP_K};
+use super::kernels::{KernelId, DEPTH_CACHED_DIM, DEPTH_CACHED_SOURCES, MAX_SOURCES, TOP_K};
 use super::matmul::{push_gemm, push_gemm_unreduced, Gemm};
 use super::model::{GpuLinear, GpuMlp, GpuModel, GpuNorm};
 use rayon::prelude::*;
@@ -1004,8 +1004,14 @@ fn depth_op(
     let qg = qg.unwrap_or(&r.model.dummy);
     let beta = norm.bias.as_ref().unwrap_or(&r.model.dummy);
     let b = r.b;
+    // One read of the sources when they fit in registers; three otherwise.
+    let kernel = if st.n <= DEPTH_CACHED_SOURCES && d <= DEPTH_CACHED_DIM {
+        KernelId::DepthCached
+    } else {
+        KernelId::Depth
+    };
     r.plan.push(
-        KernelId::Depth,
+        kernel,
         &params,
         &[
             &b.sources,

@@ -210,6 +210,24 @@ pub const ROW_WG: u32 = 256;
 pub const DEPTH_WG: u32 = 128;
 /// Most sources one depth op can attend over.
 pub const MAX_SOURCES: u32 = 512;
+/// `depth` `main_cached`: threads per token, elements per thread and sources held in registers.
+/// It serves ops with at most DEPTH_CACHED_SOURCES sources and d <= DEPTH_CACHED_DIM (every Block
+/// op of ~8 blocks, and the early ops of Full); `main` serves the rest.
+pub const DEPTH_CACHED_WG: u32 = 256;
+pub const DEPTH_CACHED_ELEMS: u32 = 4;
+pub const DEPTH_CACHED_SOURCES: u32 = 12;
+pub const DEPTH_CACHED_DIM: u32 = DEPTH_CACHED_WG * DEPTH_CACHED_ELEMS;
+const DEPTH_CONSTS: &[(&str, u32)] = &[
+    ("WG", DEPTH_WG),
+    ("MAX_SOURCES", MAX_SOURCES),
+    ("CWG", DEPTH_CACHED_WG),
+    ("CE", DEPTH_CACHED_ELEMS),
+    ("CN", DEPTH_CACHED_SOURCES),
+];
+/// Bindings of both depth entry points.
+const DEPTH_STORAGE: &[Access] = &[
+    Read, Read, Read, ReadWrite, ReadWrite, Read, Read, ReadWrite,
+];
 /// Next-token predictions kept per position.
 pub const TOP_K: u32 = 5;
 
@@ -448,15 +466,14 @@ pub const KERNELS: &[KernelSpec] = &[
         false,
         &[Read, Read, Read, ReadWrite],
     ),
+    spec("depth", DEPTH, "main", DEPTH_CONSTS, true, DEPTH_STORAGE),
     spec(
-        "depth",
+        "depth_cached",
         DEPTH,
-        "main",
-        &[("WG", DEPTH_WG), ("MAX_SOURCES", MAX_SOURCES)],
+        "main_cached",
+        DEPTH_CONSTS,
         true,
-        &[
-            Read, Read, Read, ReadWrite, ReadWrite, Read, Read, ReadWrite,
-        ],
+        DEPTH_STORAGE,
     ),
     spec(
         "head",
@@ -585,6 +602,7 @@ pub enum KernelId {
     GeluErf,
     Embedding,
     Depth,
+    DepthCached,
     Head,
 }
 

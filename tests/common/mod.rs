@@ -11,7 +11,8 @@ use serde_json::json;
 
 /// A tiny config of the given kind: `llama`, `qwen2`, `mistral`, `gpt2`, `gpt2:deep-mlp` (an MLP
 /// wide enough that its biased output projection splits K on the GPU), `qwen2:wide` (d = 256: the
-/// biased q/k/v projection splits K), `full`, `block:S`.
+/// biased q/k/v projection splits K), `full`, `full:deep` (7 layers: its late ops have more sources
+/// than the GPU depth kernel holds in registers), `block:S`.
 /// Sizes are odd where the architecture allows, to catch shape mix-ups.
 pub fn tiny_config(kind: &str) -> ModelConfig {
     let value = match kind {
@@ -35,6 +36,10 @@ pub fn tiny_config(kind: &str) -> ModelConfig {
                 ),
                 "mistral" => ("mistral", json!({"sliding_window": 5})),
                 "full" => ("attnres", json!({"attnres_mode": "full"})),
+                "full:deep" => (
+                    "attnres",
+                    json!({"attnres_mode": "full", "num_hidden_layers": 7}),
+                ),
                 k if k.starts_with("block:") => (
                     "attnres",
                     json!({"attnres_mode": "block", "attnres_block_size": k[6..].parse::<usize>().unwrap()}),
