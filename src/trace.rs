@@ -35,6 +35,128 @@ pub enum Mixing {
     DepthAttention,
 }
 
+/// A `[rows][cols]` table of f32 in one allocation. A trace holds three per-token tables per op
+/// (tens of thousands of rows at T = 512); one `Vec` per row made building and dropping a trace
+/// cost about a millisecond. Serialises as nested arrays: the same JSON as `Vec<Vec<f32>>`.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Rows {
+    rows: usize,
+    cols: usize,
+    data: Vec<f32>,
+}
+
+impl Rows {
+    /// `rows` rows of `cols` values from row-major `data`, or `None` if the sizes disagree.
+    pub fn from_flat(rows: usize, cols: usize, data: Vec<f32>) -> Option<Self> {
+        (rows.checked_mul(cols) == Some(data.len())).then_some(Self { rows, cols, data })
+    }
+
+    /// From separate rows, or `None` if they are not all the same length.
+    pub fn from_rows(rows: Vec<Vec<f32>>) -> Option<Self> {
+        let cols = rows.first().map_or(0, Vec::len);
+        if rows.iter().any(|r| r.len() != cols) {
+            return None;
+        }
+        let n = rows.len();
+        Some(Self {
+            rows: n,
+            cols,
+            data: rows.concat(),
+        })
+    }
+
+    /// Number of rows.
+    pub fn len(&self) -> usize {
+        self.rows
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.rows == 0
+    }
+
+    /// Values per row.
+    pub fn cols(&self) -> usize {
+        self.cols
+    }
+
+    /// Row `i`, if there is one.
+    pub fn get(&self, i: usize) -> Option<&[f32]> {
+        (i < self.rows).then(|| &self.data[i * self.cols..(i + 1) * self.cols])
+    }
+
+    pub fn last(&self) -> Option<&[f32]> {
+        self.rows.checked_sub(1).and_then(|i| self.get(i))
+    }
+
+    /// Every value, row after row.
+    pub fn flat(&self) -> &[f32] {
+        &self.data
+    }
+
+    pub fn iter(&self) -> RowIter<'_> {
+        RowIter {
+            table: self,
+            next: 0,
+        }
+    }
+
+    /// Column `j` (one value per row).
+    pub fn column(&self, j: usize) -> Vec<f32> {
+        self.iter().filter_map(|r| r.get(j).copied()).collect()
+    }
+}
+
+impl std::ops::Index<usize> for Rows {
+    type Output = [f32];
+    fn index(&self, i: usize) -> &[f32] {
+        assert!(i < self.rows, "row {i} of {}", self.rows);
+        &self.data[i * self.cols..(i + 1) * self.cols]
+    }
+}
+
+/// The rows of a [`Rows`], in order.
+pub struct RowIter<'a> {
+    table: &'a Rows,
+    next: usize,
+}
+
+impl<'a> Iterator for RowIter<'a> {
+    type Item = &'a [f32];
+    fn next(&mut self) -> Option<&'a [f32]> {
+        let row = self.table.get(self.next)?;
+        self.next += 1;
+        Some(row)
+    }
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        let left = self.table.rows - self.next;
+        (left, Some(left))
+    }
+}
+
+impl ExactSizeIterator for RowIter<'_> {}
+
+impl<'a> IntoIterator for &'a Rows {
+    type Item = &'a [f32];
+    type IntoIter = RowIter<'a>;
+    fn into_iter(self) -> RowIter<'a> {
+        self.iter()
+    }
+}
+
+impl Serialize for Rows {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_seq(self.iter())
+    }
+}
+
+impl<'de> Deserialize<'de> for Rows {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let rows = Vec::<Vec<f32>>::deserialize(deserializer)?;
+        Rows::from_rows(rows)
+            .ok_or_else(|| serde::de::Error::custom("rows of different lengths in a table"))
+    }
+}
+
 /// One op along depth: a sublayer, or the final aggregation.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DepthOp {
@@ -47,11 +169,11 @@ pub struct DepthOp {
     /// Source labels: `emb`, `L0.attn`, ... (Full / baseline); `emb`, `B1`, ..., `partial` (Block).
     pub sources: Vec<String>,
     /// `[T][n_sources]` depth weights.
-    pub alpha: Vec<Vec<f32>>,
+    pub alpha: Rows,
     /// `[T][n_sources]` residual-decomposition shares of the input.
-    pub shares: Vec<Vec<f32>>,
+    pub shares: Rows,
     /// `[T][n_sources]` RMS of each source.
-    pub source_rms: Vec<Vec<f32>>,
+    pub source_rms: Rows,
     /// `[T]` RMS of the op's input `h` (before its PreNorm).
     pub hidden_rms: Vec<f32>,
     /// `[T]` RMS of the op's output `v` (final op: of the final norm's output).
@@ -151,4 +273,33 @@ pub struct Trace {
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub logits: Option<Vec<Vec<f32>>>,
     pub warnings: Vec<String>,
+}
+
+#[cfg(test)]
+mod rows_tests {
+    use super::Rows;
+
+    #[test]
+    fn a_table_serialises_as_the_nested_arrays_it_replaces() {
+        let nested = vec![vec![1.0f32, 2.0, 3.0], vec![4.0, 5.0, 6.0]];
+        let table = Rows::from_rows(nested.clone()).expect("equal rows");
+        assert_eq!(
+            serde_json::to_string(&table).unwrap(),
+            serde_json::to_string(&nested).unwrap()
+        );
+        let back: Rows = serde_json::from_str("[[1,2,3],[4,5,6]]").unwrap();
+        assert_eq!(back, table);
+        assert_eq!((back.len(), back.cols()), (2, 3));
+        assert_eq!(&back[1], &[4.0, 5.0, 6.0]);
+        assert_eq!(back.column(2), vec![3.0, 6.0]);
+        assert_eq!(back.iter().len(), 2);
+        assert_eq!(back.last(), Some(&[4.0f32, 5.0, 6.0][..]));
+    }
+
+    #[test]
+    fn ragged_rows_are_refused_not_padded() {
+        assert!(Rows::from_rows(vec![vec![1.0], vec![2.0, 3.0]]).is_none());
+        assert!(serde_json::from_str::<Rows>("[[1],[2,3]]").is_err());
+        assert!(Rows::from_flat(2, 3, vec![0.0; 5]).is_none());
+    }
 }

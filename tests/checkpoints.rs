@@ -43,7 +43,7 @@ fn assert_same_trace(a: &Trace, b: &Trace, tol: f32) {
     assert_eq!(a.ops.len(), b.ops.len());
     for (x, y) in a.ops.iter().zip(&b.ops) {
         assert_eq!(x.sources, y.sources);
-        assert!(common::max_rel_err(&x.alpha.concat(), &y.alpha.concat(), 1e-2) <= tol);
+        assert!(common::max_rel_err(x.alpha.flat(), y.alpha.flat(), 1e-2) <= tol);
         assert!(common::max_rel_err(&x.hidden_rms, &y.hidden_rms, 1e-3) <= tol);
     }
 }

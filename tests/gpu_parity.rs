@@ -99,24 +99,18 @@ fn assert_parity(kind: &str, ids: &[u32]) {
         assert_eq!(g.sources, c.sources, "{}", what("sources"));
         assert_eq!(g.kind, c.kind);
         assert_eq!(g.layer, c.layer);
-        assert_rel(
-            &what("alpha"),
-            &g.alpha.concat(),
-            &c.alpha.concat(),
-            1e-3,
-            1e-4,
-        );
+        assert_rel(&what("alpha"), g.alpha.flat(), c.alpha.flat(), 1e-3, 1e-4);
         assert_rel(
             &what("shares"),
-            &g.shares.concat(),
-            &c.shares.concat(),
+            g.shares.flat(),
+            c.shares.flat(),
             1e-2,
             1e-4,
         );
         assert_rel(
             &what("source_rms"),
-            &g.source_rms.concat(),
-            &c.source_rms.concat(),
+            g.source_rms.flat(),
+            c.source_rms.flat(),
             1e-6,
             1e-4,
         );
@@ -392,8 +386,8 @@ fn block_model_matches_the_reference(d: usize, heads: usize, ffn: usize, vocab: 
     for (g, c) in gpu.ops.iter().zip(&cpu.ops) {
         assert_rel(
             &format!("{} alpha", c.name),
-            &g.alpha.concat(),
-            &c.alpha.concat(),
+            g.alpha.flat(),
+            c.alpha.flat(),
             1e-3,
             1e-4,
         );
@@ -457,8 +451,8 @@ fn demo_checkpoints_trace_the_same_on_gpu_and_cpu() {
             assert_eq!(g.sources, c.sources);
             assert_rel(
                 &format!("{arch} {} alpha", c.name),
-                &g.alpha.concat(),
-                &c.alpha.concat(),
+                g.alpha.flat(),
+                c.alpha.flat(),
                 1e-3,
                 1e-4,
             );
@@ -512,8 +506,8 @@ fn a_reused_workspace_gives_each_prompt_its_own_trace() {
         assert!(err < 1e-5, "{ids:?}: {err:.2e}");
         assert_rel(
             "alpha",
-            &gpu.ops[4].alpha.concat(),
-            &cpu.ops[4].alpha.concat(),
+            gpu.ops[4].alpha.flat(),
+            cpu.ops[4].alpha.flat(),
             1e-3,
             1e-4,
         );
@@ -560,13 +554,7 @@ fn a_small_binding_limit_splits_attention_and_the_lm_head_and_the_trace_still_ma
     }
     for (g, c) in gpu.ops.iter().zip(&cpu.ops) {
         let what = |f: &str| format!("{} {f}", c.name);
-        assert_rel(
-            &what("alpha"),
-            &g.alpha.concat(),
-            &c.alpha.concat(),
-            1e-3,
-            1e-4,
-        );
+        assert_rel(&what("alpha"), g.alpha.flat(), c.alpha.flat(), 1e-3, 1e-4);
         assert_rel(
             &what("output rms"),
             &g.output_rms,

@@ -98,7 +98,7 @@ fn block_mode_with_one_sublayer_per_block_equals_full() {
     assert!(err < 1e-5, "logits rel err {err}");
     for (a, b) in full.ops.iter().zip(&block.ops) {
         assert_eq!(a.alpha.len(), b.alpha.len());
-        let err = common::max_rel_err(&b.alpha.concat(), &a.alpha.concat(), 1e-3);
+        let err = common::max_rel_err(b.alpha.flat(), a.alpha.flat(), 1e-3);
         assert!(err < 1e-5, "{}: alpha rel err {err}", a.name);
     }
 }
@@ -122,7 +122,7 @@ fn folding_the_key_norm_gain_into_the_query_changes_nothing() {
     let (a, b) = (trace_of(&cfg, &w, false), trace_of(&cfg, &folded, false));
     assert!(common::max_rel_err(&logits(&b), &logits(&a), 1e-3) < 1e-5);
     for (x, y) in a.ops.iter().zip(&b.ops) {
-        assert!(common::max_rel_err(&y.alpha.concat(), &x.alpha.concat(), 1e-3) < 1e-5);
+        assert!(common::max_rel_err(y.alpha.flat(), x.alpha.flat(), 1e-3) < 1e-5);
     }
 }
 

@@ -164,7 +164,7 @@ fn attnres_training_starts_from_zero_queries_and_learns_non_uniform_depth_weight
     assert!(
         spread > 1e-3,
         "depth weights stayed uniform: {:?}",
-        last.alpha[4]
+        &last.alpha[4]
     );
 }
 

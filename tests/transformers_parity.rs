@@ -72,7 +72,7 @@ fn check(name: &str) {
     if let Some(alpha) = expected.get("alpha") {
         for (op, want) in trace.ops.iter().zip(alpha.as_array().unwrap()) {
             let want = floats(want);
-            let got = op.alpha.concat();
+            let got = op.alpha.flat();
             assert_eq!(got.len(), want.len(), "{name} {}", op.name);
             let worst = got
                 .iter()

@@ -28,9 +28,6 @@ pub struct DepthProfile {
 
 /// The profile of a trace: medians over tokens of each op's statistics.
 pub fn depth_profile(trace: &Trace) -> DepthProfile {
-    let column = |rows: &[Vec<f32>], i: usize| -> Vec<f32> {
-        rows.iter().filter_map(|r| r.get(i).copied()).collect()
-    };
     let emb = |sources: &[String]| sources.iter().position(|s| s == "emb").unwrap_or(0);
     DepthProfile {
         ops: trace.ops.iter().map(|o| o.name.clone()).collect(),
@@ -39,12 +36,12 @@ pub fn depth_profile(trace: &Trace) -> DepthProfile {
         embedding_share: trace
             .ops
             .iter()
-            .map(|o| median(&column(&o.shares, emb(&o.sources))))
+            .map(|o| median(&o.shares.column(emb(&o.sources))))
             .collect(),
         embedding_alpha: trace
             .ops
             .iter()
-            .map(|o| median(&column(&o.alpha, emb(&o.sources))))
+            .map(|o| median(&o.alpha.column(emb(&o.sources))))
             .collect(),
     }
 }

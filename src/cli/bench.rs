@@ -57,6 +57,10 @@ pub struct BenchArgs {
     /// GEMM policy: the short-prompt NT tile as BM,BN,BK,TM,TN.
     #[arg(long, value_delimiter = ',')]
     pub small_tile: Option<Vec<u32>>,
+    /// Kernel experiments: build the kernels of this WGSL file's name (e.g. `depth.wgsl`) from
+    /// this file instead of the shipped one. Repeatable.
+    #[arg(long = "shader")]
+    pub shaders: Vec<PathBuf>,
 }
 
 /// The synthetic models of GPU.md's anchors.
@@ -167,6 +171,18 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
                     tm: t[3],
                     tn: t[4],
                 };
+            }
+            for path in &args.shaders {
+                let source = std::fs::read_to_string(path)
+                    .with_context(|| format!("cannot read shader {}", path.display()))?;
+                let file = path
+                    .file_name()
+                    .and_then(|f| f.to_str())
+                    .with_context(|| format!("{} has no file name", path.display()))?;
+                engine
+                    .replace_shader(file, &source)
+                    .with_context(|| format!("shader {}", path.display()))?;
+                println!("shader: {} from {}", file, path.display());
             }
             if policy != *engine.gemm_policy() {
                 engine.set_gemm_policy(policy)?;
@@ -358,7 +374,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         }
         let depth: f64 = times
             .iter()
-            .filter(|k| k.kernel == "depth")
+            .filter(|k| k.kernel.starts_with("depth"))
             .map(|k| k.nanoseconds)
             .sum();
         println!(

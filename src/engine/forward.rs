@@ -15,7 +15,7 @@ use crate::model::{Activation, AttnResMode, NormKind, TextTokenizer, Token};
 use crate::reference::forward::op_name;
 use crate::reference::ops::rope_half_tables;
 use crate::trace::{
-    DepthOp, Mixing, ModelSummary, OpKind, Prediction, Trace, TRACE_SCHEMA_VERSION,
+    DepthOp, Mixing, ModelSummary, OpKind, Prediction, Rows, Trace, TRACE_SCHEMA_VERSION,
 };
 
 /// What to read back beyond the Trace's always-present fields.
@@ -851,10 +851,9 @@ impl Engine {
         let stats = &data[..stats_len as usize];
         let head = &data[stats_len as usize..(stats_len + head_len) as usize];
 
-        let rows = |off: u32, n: u32| -> Vec<Vec<f32>> {
-            (0..t)
-                .map(|i| stats[(off + i * n) as usize..(off + (i + 1) * n) as usize].to_vec())
-                .collect()
+        let rows = |off: u32, n: u32| -> Rows {
+            let flat = stats[off as usize..(off + t * n) as usize].to_vec();
+            Rows::from_flat(t as usize, n as usize, flat).expect("a slice of t * n values")
         };
         let vec = |off: u32| stats[off as usize..(off + t) as usize].to_vec();
         let block = matches!(cfg.attnres.map(|a| a.mode), Some(AttnResMode::Block { .. }));

@@ -492,6 +492,11 @@ pub fn wgsl(spec: &KernelSpec) -> String {
 
 /// A kernel's WGSL with other constants than its table entry's (tile experiments).
 fn wgsl_with(spec: &KernelSpec, consts: &[(&str, u32)]) -> String {
+    wgsl_from(spec, consts, spec.source)
+}
+
+/// A kernel's WGSL with `source` in place of its file's text.
+fn wgsl_from(spec: &KernelSpec, consts: &[(&str, u32)], source: &str) -> String {
     let mut s = String::new();
     for (name, value) in consts {
         s.push_str(&format!("const {name}: u32 = {value}u;\n"));
@@ -499,7 +504,7 @@ fn wgsl_with(spec: &KernelSpec, consts: &[(&str, u32)]) -> String {
     if spec.common {
         s.push_str(COMMON);
     }
-    s.push_str(spec.source);
+    s.push_str(source);
     s
 }
 
@@ -520,7 +525,10 @@ pub fn build(device: &wgpu::Device, spec: &KernelSpec) -> Kernel {
 }
 
 fn build_with(device: &wgpu::Device, spec: &KernelSpec, consts: &[(&str, u32)]) -> Kernel {
-    let source = wgsl_with(spec, consts);
+    build_from(device, spec, wgsl_with(spec, consts))
+}
+
+fn build_from(device: &wgpu::Device, spec: &KernelSpec, source: String) -> Kernel {
     // SAFETY: every kernel guards its own indices (partial tiles, odd sizes); the parity tests on
     // non-tile-multiple sizes prove the guards. Runtime bounds checks cost ~50x on GEMM (GPU.md).
     let module = unsafe {
@@ -643,6 +651,38 @@ impl Kernels {
         let mut kernels = self.kernels.clone();
         kernels[id as usize] = build_with(device, spec, &consts);
         Ok((Self { kernels }, id))
+    }
+
+    /// These kernels with every entry point of shader file `file` (`depth.wgsl`) rebuilt from
+    /// `source`: how `bench --shader` times a kernel variant without rebuilding depthlens. The
+    /// variant must declare the same entry points and bindings; it is checked by the device
+    /// (a validation error comes back as `Err`), but its indexing is trusted like ours.
+    pub fn with_shader_source(
+        &self,
+        device: &wgpu::Device,
+        file: &str,
+        source: &str,
+    ) -> Result<Self, String> {
+        let mut kernels = self.kernels.clone();
+        let mut replaced = 0;
+        for (i, spec) in KERNELS.iter().enumerate() {
+            if spec.file != file {
+                continue;
+            }
+            let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
+            let kernel = build_from(device, spec, wgsl_from(spec, spec.consts, source));
+            if let Some(e) = pollster::block_on(scope.pop()) {
+                return Err(format!("{file}, entry `{}`: {e}", spec.entry));
+            }
+            kernels[i] = kernel;
+            replaced += 1;
+        }
+        if replaced == 0 {
+            return Err(format!(
+                "no kernel is built from a shader file named `{file}`"
+            ));
+        }
+        Ok(Self { kernels })
     }
 
     pub fn build_all(device: &wgpu::Device) -> Self {

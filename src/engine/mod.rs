@@ -186,6 +186,16 @@ impl Engine {
         Ok(())
     }
 
+    /// Rebuild the kernels of shader file `file` from `source` (kernel experiments: see
+    /// `Kernels::with_shader_source`). Call before loading models, as for the GEMM policy.
+    pub fn replace_shader(&mut self, file: &str, source: &str) -> Result<(), Error> {
+        self.kernels = self
+            .kernels
+            .with_shader_source(&self.device, file, source)
+            .map_err(Error::Unsupported)?;
+        Ok(())
+    }
+
     /// The adapter, as the Trace's `device` field names it.
     pub fn adapter_name(&self) -> &str {
         &self.adapter_name

@@ -36,9 +36,9 @@ pub fn op_name(l: usize, num_layers: usize) -> String {
 
 /// Per-op statistics of the input `h` formed from `sources` with weights `alpha` (`[n, T]`).
 struct InputStats {
-    alpha: Vec<Vec<f32>>,
-    shares: Vec<Vec<f32>>,
-    source_rms: Vec<Vec<f32>>,
+    alpha: crate::trace::Rows,
+    shares: crate::trace::Rows,
+    source_rms: crate::trace::Rows,
     hidden_rms: Vec<f32>,
 }
 
@@ -57,9 +57,9 @@ fn input_stats(
     let safe_hh = hh.maximum(f32::MIN_POSITIVE)?;
     let shares = (dots * &alpha)?.broadcast_div(&safe_hh.unsqueeze(0)?)?;
     Ok(InputStats {
-        alpha: ops::rows_f32(&alpha.t()?)?,
-        shares: ops::rows_f32(&shares.t()?)?,
-        source_rms: ops::rows_f32(&source_rms.t()?)?,
+        alpha: ops::table_f32(&alpha.t()?)?,
+        shares: ops::table_f32(&shares.t()?)?,
+        source_rms: ops::table_f32(&source_rms.t()?)?,
         hidden_rms: ops::vec_f32(&ops::rms(&h)?)?,
     })
 }

@@ -184,6 +184,18 @@ pub fn rows_f32(t: &Tensor) -> Result<Vec<Vec<f32>>> {
     t.to_dtype(DType::F32)?.to_vec2()
 }
 
+/// A `[rows, cols]` tensor as one f32 table.
+pub fn table_f32(t: &Tensor) -> Result<crate::trace::Rows> {
+    let (rows, cols) = t.dims2()?;
+    let data = t
+        .to_dtype(DType::F32)?
+        .contiguous()?
+        .flatten_all()?
+        .to_vec1()?;
+    crate::trace::Rows::from_flat(rows, cols, data)
+        .ok_or_else(|| candle_core::Error::Msg(format!("a [{rows}, {cols}] tensor's values")))
+}
+
 /// A `[n]` tensor as f32.
 pub fn vec_f32(t: &Tensor) -> Result<Vec<f32>> {
     t.to_dtype(DType::F32)?.to_vec1()
