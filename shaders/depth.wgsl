@@ -1,5 +1,7 @@
 // The depth op of one sublayer, per token t (one workgroup each), over n sources held in slots of
-// the sources buffer [slots, T, d] (slot indices in `slots[list_off ..]`):
+// the sources buffer (slot indices in `slots[list_off ..]`). The buffer holds the tokens
+// [t0, t0 + tc) as [slots, tc, d]: the sources are split by tokens when all of them exceed one
+// binding, and the op runs once per token chunk. Everything else is indexed by the token t < T:
 //   mode 1 (AttnRes, ATTNRES.md): logit_i = (w*g) . v_i / sqrt(ms_i + eps), alpha = softmax(logit),
 //                                 h = sum_i alpha_i v_i   (w*g folded on upload; ms_i = mean(v_i^2)
 //                                 computed once when the source is written)
@@ -12,7 +14,8 @@ struct Params {
     t: u32, d: u32, n: u32, mode: u32,
     list_off: u32, q_off: u32, h_off: u32, eps: f32,
     ms_off: u32, alpha_off: u32, shares_off: u32, src_rms_off: u32,
-    hidden_rms_off: u32, norm_kind: u32, norm_eps: f32, _p0: u32,
+    hidden_rms_off: u32, norm_kind: u32, norm_eps: f32, t0: u32,
+    tc: u32, _p1: u32, _p2: u32, _p3: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -58,11 +61,12 @@ const E: u32 = 8u;
 
 @compute @workgroup_size(WG)
 fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-    let t = wg.x + wg.y * 65535u;
-    if (t >= p.t) { return; }
+    let lt = wg.x + wg.y * 65535u;
+    if (lt >= p.tc) { return; }
+    let t = p.t0 + lt;
     for (var i = lid; i < p.n; i += WG) {
         let slot = slots[p.list_off + i];
-        base_of[i] = (slot * p.t + t) * p.d;
+        base_of[i] = (slot * p.tc + lt) * p.d;
         ms_of[i] = stats[p.ms_off + slot * p.t + t];
     }
     workgroupBarrier();
@@ -227,8 +231,9 @@ fn cached_sums(lid: u32, part: array<f32, CR>) -> array<f32, CR> {
 
 @compute @workgroup_size(CWG)
 fn main_cached(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-    let t = wg.x + wg.y * 65535u;
-    if (t >= p.t) { return; }
+    let lt = wg.x + wg.y * 65535u;
+    if (lt >= p.tc) { return; }
+    let t = p.t0 + lt;
     // v[c * CE + e]: element lid + e * CWG of source c (0 past d or n).
     var v: array<f32, CN * CE>;
     var ms: array<f32, CN>;
@@ -237,7 +242,7 @@ fn main_cached(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_i
         for (var e = 0u; e < CE; e++) { v[c * CE + e] = 0.0; }
         if (c < p.n) {
             let slot = slots[p.list_off + c];
-            let base = (slot * p.t + t) * p.d;
+            let base = (slot * p.tc + lt) * p.d;
             ms[c] = stats[p.ms_off + slot * p.t + t];
             for (var e = 0u; e < CE; e++) {
                 let j = lid + e * CWG;

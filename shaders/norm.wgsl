@@ -5,7 +5,8 @@
 //              out[r] = y[r] (kind 1: its own slot, or a Block's first sublayer) or out[r] + y[r]
 //              (kind 0: added to the Block partial); stats[y_rms_off + r] = rms(y[r]),
 //              stats[ms_off + r] = mean(out[r]^2) (its depth-key norm), stats[rms_off + r] = rms
-// Offsets are in elements; ms/rms outputs are skipped when their offset is NONE.
+// Offsets are in elements; ms/rms outputs are skipped when their offset is NONE. sublayer_out
+// reads y from row x_off / d on (its rows are one token chunk of the depth sources).
 
 struct Params {
     rows: u32, d: u32, x_off: u32, out_off: u32,
@@ -46,7 +47,7 @@ fn sublayer_out(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_
     for (var j = lid; j < p.d; j += WG) {
         // The split-K partial sums of y, added in split order (deterministic).
         var y = 0.0;
-        for (var s = 0u; s < p.splits; s++) { y += x[s * p.split_stride + r * p.d + j]; }
+        for (var s = 0u; s < p.splits; s++) { y += x[p.x_off + s * p.split_stride + r * p.d + j]; }
         if (p.has_bias != 0u) { y += gain[j]; }
         var v = y;
         if (p.kind == 0u) { v += out[ob + j]; }

@@ -92,6 +92,11 @@ fn assert_parity(kind: &str, ids: &[u32]) {
         err < 1e-5,
         "{kind}: logits max |diff| / max |logit| = {err:.2e}"
     );
+    assert_traces_match(kind, &gpu, &cpu, 1e-4);
+}
+
+/// Every op statistic within 1e-4 relative (shares: `shares_tol`), the loss, and the top-5.
+fn assert_traces_match(kind: &str, gpu: &Trace, cpu: &Trace, shares_tol: f32) {
     assert_eq!(gpu.ops.len(), cpu.ops.len());
     for (g, c) in gpu.ops.iter().zip(&cpu.ops) {
         let what = |f: &str| format!("{kind} {} {f}", c.name);
@@ -105,7 +110,7 @@ fn assert_parity(kind: &str, ids: &[u32]) {
             g.shares.flat(),
             c.shares.flat(),
             1e-2,
-            1e-4,
+            shares_tol,
         );
         assert_rel(
             &what("source_rms"),
@@ -519,12 +524,16 @@ fn a_reused_workspace_gives_each_prompt_its_own_trace() {
 /// tokens no longer fit, so attention runs in passes of whole kv groups and the LM head in passes
 /// of positions. The Trace is the reference's all the same.
 #[test]
-fn a_small_binding_limit_splits_attention_and_the_lm_head_and_the_trace_still_matches() {
+fn a_small_binding_limit_splits_attention_the_lm_head_and_the_depth_sources_and_the_trace_still_matches(
+) {
     let cap = 32 * 1024;
     let small = Engine::with_binding_cap(cap).expect("an adapter");
-    let cfg = common::tiny_config("full");
+    let cfg = common::tiny_config("full:deep");
     let (t, heads, vocab) = (40usize, cfg.num_heads, cfg.vocab_size);
     assert!(heads * t * t * 4 > cap as usize && t * vocab * 4 > cap as usize);
+    // Embedding + 14 sublayer outputs for every token: two token chunks of sources.
+    let slots = 2 * cfg.num_layers + 1;
+    assert!(slots * t * cfg.hidden_size * 4 > cap as usize);
     let w = common::tiny_weights(&cfg, 8);
     let ids: Vec<u32> = (0..t).map(|i| (i * 53 % vocab) as u32).collect();
     let tok = TextTokenizer::byte_fallback();
@@ -546,23 +555,9 @@ fn a_small_binding_limit_splits_attention_and_the_lm_head_and_the_trace_still_ma
             GpuTraceOptions::default(),
         )
         .unwrap();
-    let (gl, cl) = (gpu.loss.unwrap(), cpu.loss.unwrap());
-    assert!((gl - cl).abs() < 1e-4 * cl, "loss {gl} vs {cl}");
-    for (g, c) in gpu.topk.iter().zip(&cpu.topk) {
-        let ids = |p: &[depthlens::trace::Prediction]| p.iter().map(|p| p.id).collect::<Vec<_>>();
-        assert_eq!(ids(g), ids(c), "top-5");
-    }
-    for (g, c) in gpu.ops.iter().zip(&cpu.ops) {
-        let what = |f: &str| format!("{} {f}", c.name);
-        assert_rel(&what("alpha"), g.alpha.flat(), c.alpha.flat(), 1e-3, 1e-4);
-        assert_rel(
-            &what("output rms"),
-            &g.output_rms,
-            &c.output_rms,
-            1e-3,
-            1e-4,
-        );
-    }
+    // Shares over 15 sources are f32 dot products that cancel, on both sides: the same 1.6e-4
+    // comes back without the cap (one chunk of sources), so the split adds nothing to it.
+    assert_traces_match("full:deep under a 32 KiB binding cap", &gpu, &cpu, 2e-4);
     // All of the logits at once cannot come back through one binding: said, not truncated.
     let opts = GpuTraceOptions {
         logits: true,

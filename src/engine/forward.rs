@@ -143,9 +143,18 @@ pub(crate) struct Workspace {
     kernel_ids: Vec<KernelId>,
 }
 
+/// The depth sources of the tokens `[t0, t0 + tc)`, laid out `[slots, tc, d]`. They are split by
+/// tokens when all of them exceed one binding (long prompts through Full AttnRes, many slots): every
+/// kernel that touches the sources works per token, so it runs once per chunk.
+struct SourceChunk {
+    t0: u32,
+    tc: u32,
+    buffer: wgpu::Buffer,
+}
+
 struct Buffers {
     ids: wgpu::Buffer,
-    sources: wgpu::Buffer,
+    sources: Vec<SourceChunk>,
     h: wgpu::Buffer,
     x: wgpu::Buffer,
     y: wgpu::Buffer,
@@ -223,15 +232,16 @@ impl Recorder<'_> {
     }
 
     /// Mean square and/or RMS of `T` rows starting at element `x_off` into the stats buffer.
-    fn row_stats(&mut self, x: &wgpu::Buffer, x_off: u32, ms_off: u32, rms_off: u32) {
+    /// Mean square and RMS of `rows` rows of `x` from element `x_off`, into the stats buffer.
+    fn row_stats(&mut self, x: &wgpu::Buffer, x_off: u32, rows: u32, ms_off: u32, rms_off: u32) {
         let d = self.model.cfg.hidden_size as u32;
-        let params = [self.t, d, x_off, 0, 0, 0, ms_off, rms_off];
+        let params = [rows, d, x_off, 0, 0, 0, ms_off, rms_off];
         let dummy = &self.model.dummy;
         self.plan.push(
             KernelId::RowStats,
             &params,
             &[x, dummy, dummy, &self.b.stats],
-            row_groups(self.t),
+            row_groups(rows),
         );
     }
 
@@ -485,9 +495,10 @@ impl Engine {
         }
         let hint = "shorten the prompt or use --device cpu";
         let sizes = [
+            // All tokens' sources are split into token chunks below.
             (
-                "the depth sources",
-                u64::from(layout.slots) * u64::from(t) * u64::from(d),
+                "the depth sources of one token",
+                u64::from(layout.slots) * u64::from(d),
             ),
             // One head's scores, one position's logits: more are split into passes below.
             (
@@ -506,6 +517,8 @@ impl Engine {
         let max_floats = self.max_binding() / 4;
         let heads_per_pass = attention_heads_per_pass(heads, heads / kv_heads, t, max_floats);
         let logit_rows = (max_floats / u64::from(vocab)).min(u64::from(t)) as u32;
+        let source_tokens =
+            (max_floats / (u64::from(layout.slots) * u64::from(d))).min(u64::from(t)) as u32;
 
         // Stats buffer layout: source mean squares, then each op's statistics.
         let mut cursor = layout.slots * t;
@@ -548,11 +561,21 @@ impl Engine {
         let ff = u64::from(t) * cfg.intermediate_size as u64;
         let b = Buffers {
             ids: storage(dev, "ids", u64::from(t)),
-            sources: storage(
-                dev,
-                "sources",
-                u64::from(layout.slots) * u64::from(t) * u64::from(d),
-            ),
+            sources: (0..t)
+                .step_by(source_tokens as usize)
+                .map(|t0| {
+                    let tc = source_tokens.min(t - t0);
+                    SourceChunk {
+                        t0,
+                        tc,
+                        buffer: storage(
+                            dev,
+                            "sources",
+                            u64::from(layout.slots) * u64::from(tc) * u64::from(d),
+                        ),
+                    }
+                })
+                .collect(),
             h: storage(dev, "h", u64::from(t * d)),
             x: storage(dev, "x", u64::from(t * d)),
             y: storage(dev, "y", u64::from(t * d)),
@@ -583,21 +606,22 @@ impl Engine {
         };
 
         // Embedding (+ learned positions) into slot 0, and its mean square for depth keys.
-        for chunk in &model.embed {
-            let has_pos = u32::from(model.positions.is_some());
-            let positions = model.positions.as_ref().unwrap_or(&model.dummy);
-            let params = [t, d, chunk.row0, chunk.rows, has_pos, 0, 0, 0];
-            r.plan.push(
-                KernelId::Embedding,
-                &params,
-                &[&b.ids, &chunk.buffer, positions, &b.sources],
-                elementwise_groups(t * d),
-            );
+        for sc in &b.sources {
+            for chunk in &model.embed {
+                let has_pos = u32::from(model.positions.is_some());
+                let positions = model.positions.as_ref().unwrap_or(&model.dummy);
+                let params = [sc.tc, d, chunk.row0, chunk.rows, has_pos, 0, sc.t0, 0];
+                r.plan.push(
+                    KernelId::Embedding,
+                    &params,
+                    &[&b.ids, &chunk.buffer, positions, &sc.buffer],
+                    elementwise_groups(sc.tc * d),
+                );
+            }
+            r.row_stats(&sc.buffer, 0, sc.tc, sc.t0, NONE);
         }
-        r.row_stats(&b.sources, 0, 0, NONE);
 
         let eps = cfg.attnres.map(|a| a.eps).unwrap_or(0.0) as f32;
-        let slot_off = |slot: u32| slot * t * d;
         for (l, (st, sink)) in op_stats.iter().zip(&layout.sinks).enumerate() {
             let layer = &model.layers[l / 2];
             let qg = if l % 2 == 0 {
@@ -622,28 +646,34 @@ impl Engine {
                 Sink::StartPartial(s) => (s, 1, st.partial_rms),
                 Sink::AddToPartial(s) => (s, 0, st.partial_rms),
             };
-            let params = [
-                t,
-                d,
-                0,
-                slot_off(slot),
-                kind,
-                0,
-                slot * t,
-                partial_rms,
-                st.output_rms,
-                y.splits,
-                t * d,
-                u32::from(y.bias.is_some()),
-            ];
             let input = if y.splits > 1 { &b.partials } else { &b.y };
             let bias = y.bias.as_ref().unwrap_or(&model.dummy);
-            r.plan.push(
-                KernelId::SublayerOut,
-                &params,
-                &[input, bias, &model.dummy, &b.sources, &b.stats],
-                row_groups(t),
-            );
+            for sc in &b.sources {
+                let params = [
+                    sc.tc,
+                    d,
+                    sc.t0 * d,
+                    slot * sc.tc * d,
+                    kind,
+                    0,
+                    slot * t + sc.t0,
+                    if partial_rms == NONE {
+                        NONE
+                    } else {
+                        partial_rms + sc.t0
+                    },
+                    st.output_rms + sc.t0,
+                    y.splits,
+                    t * d,
+                    u32::from(y.bias.is_some()),
+                ];
+                r.plan.push(
+                    KernelId::SublayerOut,
+                    &params,
+                    &[input, bias, &model.dummy, &sc.buffer, &b.stats],
+                    row_groups(sc.tc),
+                );
+            }
         }
         // Final op: aggregation (or residual sum), final norm, head, top-k and loss.
         let n_sub = cfg.num_sublayers();
@@ -656,7 +686,7 @@ impl Engine {
             eps,
             &model.final_norm,
         );
-        r.row_stats(&b.x, 0, NONE, fin.output_rms);
+        r.row_stats(&b.x, 0, t, NONE, fin.output_rms);
         // The LM head and its statistics over positions in passes of `logit_rows`, so that the
         // logits of a pass fit one binding.
         let mut r0 = 0;
@@ -982,24 +1012,6 @@ fn depth_op(
         NormKind::Rms { eps } => (0, eps),
         NormKind::Layer { eps } => (1, eps),
     };
-    let params = [
-        r.t,
-        d,
-        st.n,
-        mode,
-        list_off,
-        0,
-        0,
-        eps.to_bits(),
-        0,
-        st.alpha,
-        st.shares,
-        st.src_rms,
-        st.hidden_rms,
-        norm_kind,
-        (norm_eps as f32).to_bits(),
-        0,
-    ];
     let qg = qg.unwrap_or(&r.model.dummy);
     let beta = norm.bias.as_ref().unwrap_or(&r.model.dummy);
     let b = r.b;
@@ -1009,19 +1021,43 @@ fn depth_op(
     } else {
         KernelId::Depth
     };
-    r.plan.push(
-        kernel,
-        &params,
-        &[
-            &b.sources,
-            &b.slot_lists,
-            qg,
-            &b.h,
-            &b.stats,
-            &norm.weight,
-            beta,
-            &b.x,
-        ],
-        row_groups(r.t),
-    );
+    for sc in &b.sources {
+        let params = [
+            r.t,
+            d,
+            st.n,
+            mode,
+            list_off,
+            0,
+            0,
+            eps.to_bits(),
+            0,
+            st.alpha,
+            st.shares,
+            st.src_rms,
+            st.hidden_rms,
+            norm_kind,
+            (norm_eps as f32).to_bits(),
+            sc.t0,
+            sc.tc,
+            0,
+            0,
+            0,
+        ];
+        r.plan.push(
+            kernel,
+            &params,
+            &[
+                &sc.buffer,
+                &b.slot_lists,
+                qg,
+                &b.h,
+                &b.stats,
+                &norm.weight,
+                beta,
+                &b.x,
+            ],
+            row_groups(sc.tc),
+        );
+    }
 }
