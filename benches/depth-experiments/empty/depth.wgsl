@@ -1,0 +1,342 @@
+// EXPERIMENT (not shipped; wrong results on purpose): main_cached returns at once: the dispatch floor.
+// The depth op of one sublayer, per token t (one workgroup each), over n sources held in slots of
+// the sources buffer (slot indices in `slots[list_off ..]`). The buffer holds the tokens
+// [t0, t0 + tc) as [slots, tc, d]: the sources are split by tokens when all of them exceed one
+// binding, and the op runs once per token chunk. Everything else is indexed by the token t < T:
+//   mode 1 (AttnRes, ATTNRES.md): logit_i = (w*g) . v_i / sqrt(ms_i + eps), alpha = softmax(logit),
+//                                 h = sum_i alpha_i v_i   (w*g folded on upload; ms_i = mean(v_i^2)
+//                                 computed once when the source is written)
+//   mode 0 (PreNorm baseline):    alpha_i = 1, h = v_0 + v_1 + ... (summed in source order)
+// and the op's Trace statistics: alpha, shares_i = alpha_i <v_i, h> / <h, h>, source RMS, hidden
+// RMS; then the sublayer's PreNorm of h into x (norm_kind 0: RMSNorm, 1: LayerNorm with beta),
+// fused here because h's sum of squares is already at hand (one dispatch fewer per op). The d loop is spread over WG threads, E elements each; sources go CH at a time.
+
+struct Params {
+    t: u32, d: u32, n: u32, mode: u32,
+    list_off: u32, q_off: u32, h_off: u32, eps: f32,
+    ms_off: u32, alpha_off: u32, shares_off: u32, src_rms_off: u32,
+    hidden_rms_off: u32, norm_kind: u32, norm_eps: f32, t0: u32,
+    tc: u32, _p1: u32, _p2: u32, _p3: u32,
+}
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read> src: array<f32>;
+@group(0) @binding(2) var<storage, read> slots: array<u32>;
+@group(0) @binding(3) var<storage, read> qg: array<f32>;
+@group(0) @binding(4) var<storage, read_write> h: array<f32>;
+@group(0) @binding(5) var<storage, read_write> stats: array<f32>;
+@group(0) @binding(6) var<storage, read> gain: array<f32>;
+@group(0) @binding(7) var<storage, read> beta: array<f32>;
+@group(0) @binding(8) var<storage, read_write> x: array<f32>;
+
+var<workgroup> weight: array<f32, MAX_SOURCES>;
+// Where each source's row for this token starts, and its mean square: looked up once per
+// workgroup instead of once per element.
+var<workgroup> base_of: array<u32, MAX_SOURCES>;
+var<workgroup> ms_of: array<f32, MAX_SOURCES>;
+// Sources are scored CH at a time: one tree reduction serves CH dot products, so an op over n
+// sources waits on ceil(n / CH) reductions, not n (barrier latency is what this kernel spends).
+const CH: u32 = 8u;
+var<workgroup> chunk: array<f32, CH * WG>;
+
+
+// Sums each of `part`'s CH values over the workgroup; the totals land in chunk[c * WG].
+// Every thread must call it; the caller reads the totals, then barriers before the next call.
+fn chunk_sums(lid: u32, part: array<f32, CH>) {
+    for (var c = 0u; c < CH; c++) { chunk[c * WG + lid] = part[c]; }
+    workgroupBarrier();
+    for (var s = WG / 2u; s > 0u; s >>= 1u) {
+        if (lid < s) {
+            for (var c = 0u; c < CH; c++) { chunk[c * WG + lid] += chunk[c * WG + lid + s]; }
+        }
+        workgroupBarrier();
+    }
+}
+
+
+// A thread's elements of a row: j = j0 + lid + e * WG for e < E. Loops over e and over the CH
+// sources of a chunk have constant bounds, so they unroll and every load of a chunk is in flight
+// at once: one token's rows are few, and a loop that waits on each load in turn is what made this
+// kernel slow (latency, not bandwidth).
+const E: u32 = 8u;
+
+@compute @workgroup_size(WG)
+fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let lt = wg.x + wg.y * 65535u;
+    if (lt >= p.tc) { return; }
+    let t = p.t0 + lt;
+    for (var i = lid; i < p.n; i += WG) {
+        let slot = slots[p.list_off + i];
+        base_of[i] = (slot * p.tc + lt) * p.d;
+        ms_of[i] = stats[p.ms_off + slot * p.t + t];
+    }
+    workgroupBarrier();
+    if (p.mode == 1u) {
+        for (var i0 = 0u; i0 < p.n; i0 += CH) {
+            var part: array<f32, CH>;
+            for (var c = 0u; c < CH; c++) { part[c] = 0.0; }
+            for (var j0 = 0u; j0 < p.d; j0 += E * WG) {
+                var q: array<f32, E>;
+                for (var e = 0u; e < E; e++) {
+                    let j = j0 + lid + e * WG;
+                    q[e] = 0.0;
+                    if (j < p.d) { q[e] = qg[p.q_off + j]; }
+                }
+                for (var c = 0u; c < CH; c++) {
+                    let i = min(i0 + c, p.n - 1u);
+                    let base = base_of[i];
+                    var dot = 0.0;
+                    for (var e = 0u; e < E; e++) {
+                        let j = j0 + lid + e * WG;
+                        if (j < p.d) { dot = fma(src[base + j], q[e], dot); }
+                    }
+                    part[c] += dot;
+                }
+            }
+            chunk_sums(lid, part);
+            if (lid < CH && i0 + lid < p.n) {
+                weight[i0 + lid] = chunk[lid * WG] / sqrt(ms_of[i0 + lid] + p.eps);
+            }
+            workgroupBarrier();
+        }
+        if (lid == 0u) {
+            var m = -3.0e38;
+            for (var i = 0u; i < p.n; i++) { m = max(m, weight[i]); }
+            var sum = 0.0;
+            for (var i = 0u; i < p.n; i++) { weight[i] = exp(weight[i] - m); sum += weight[i]; }
+            for (var i = 0u; i < p.n; i++) { weight[i] = weight[i] / sum; }
+        }
+        workgroupBarrier();
+    } else {
+        for (var i = lid; i < p.n; i += WG) { weight[i] = 1.0; }
+        workgroupBarrier();
+    }
+    let hb = p.h_off + t * p.d;
+    var hh = 0.0;
+    var hs = 0.0;
+    for (var j0 = 0u; j0 < p.d; j0 += E * WG) {
+        var acc: array<f32, E>;
+        for (var e = 0u; e < E; e++) { acc[e] = 0.0; }
+        // Sources in order (the baseline's residual sum keeps the reference's summation order).
+        for (var i0 = 0u; i0 < p.n; i0 += CH) {
+            for (var c = 0u; c < CH; c++) {
+                if (i0 + c < p.n) {
+                    let base = base_of[i0 + c];
+                    let w = weight[i0 + c];
+                    for (var e = 0u; e < E; e++) {
+                        let j = j0 + lid + e * WG;
+                        if (j < p.d) {
+                            let v = src[base + j];
+                            if (p.mode == 1u) { acc[e] = fma(w, v, acc[e]); } else { acc[e] += v; }
+                        }
+                    }
+                }
+            }
+        }
+        for (var e = 0u; e < E; e++) {
+            let j = j0 + lid + e * WG;
+            if (j < p.d) { h[hb + j] = acc[e]; hh = fma(acc[e], acc[e], hh); hs += acc[e]; }
+        }
+    }
+    hh = workgroup_sum(lid, hh);
+    // PreNorm of h (this thread's own elements of h, as it wrote them).
+    var mean = 0.0;
+    var inv = 1.0 / sqrt(hh / f32(p.d) + p.norm_eps);
+    if (p.norm_kind == 1u) {
+        mean = workgroup_sum(lid, hs) / f32(p.d);
+        var sq = 0.0;
+        for (var j = lid; j < p.d; j += WG) { let c = h[hb + j] - mean; sq += c * c; }
+        inv = 1.0 / sqrt(workgroup_sum(lid, sq) / f32(p.d) + p.norm_eps);
+    }
+    for (var j = lid; j < p.d; j += WG) {
+        var v = (h[hb + j] - mean) * inv * gain[j];
+        if (p.norm_kind == 1u) { v += beta[j]; }
+        x[t * p.d + j] = v;
+    }
+    // Shares need <v_i, h>: read h back from this thread's own writes (same elements).
+    for (var i0 = 0u; i0 < p.n; i0 += CH) {
+        var part: array<f32, CH>;
+        for (var c = 0u; c < CH; c++) { part[c] = 0.0; }
+        for (var j0 = 0u; j0 < p.d; j0 += E * WG) {
+            var hv: array<f32, E>;
+            for (var e = 0u; e < E; e++) {
+                let j = j0 + lid + e * WG;
+                hv[e] = 0.0;
+                if (j < p.d) { hv[e] = h[hb + j]; }
+            }
+            for (var c = 0u; c < CH; c++) {
+                let base = base_of[min(i0 + c, p.n - 1u)];
+                var dot = 0.0;
+                for (var e = 0u; e < E; e++) {
+                    let j = j0 + lid + e * WG;
+                    if (j < p.d) { dot = fma(src[base + j], hv[e], dot); }
+                }
+                part[c] += dot;
+            }
+        }
+        chunk_sums(lid, part);
+        if (lid < CH && i0 + lid < p.n) {
+            let i = i0 + lid;
+            let row = t * p.n + i;
+            stats[p.alpha_off + row] = weight[i];
+            stats[p.shares_off + row] = weight[i] * chunk[lid * WG] / max(hh, 1.1754944e-38);
+            stats[p.src_rms_off + row] = sqrt(ms_of[i]);
+        }
+        workgroupBarrier();
+    }
+    if (lid == 0u) { stats[p.hidden_rms_off + t] = sqrt(hh / f32(p.d)); }
+}
+
+// ---------------------------------------------------------------------------------------------
+// `main_cached`: the same op and statistics in one read of the sources, for ops whose sources fit
+// in registers (n <= CN, d <= CE * CWG; the host picks it, and `main` above otherwise). Each
+// thread loads its CE elements of every source once, up front (n * CE loads in flight), and
+// scores, mixes and takes the shares from those registers: `main` reads every source three
+// times, and on a GPU that made the op a third of a GEMM's time per sublayer. Reductions over the
+// workgroup take CR values at once (CN dots, then Σh², Σh) in three barriers, not a log2 tree.
+
+// Rows of a cached reduction: one per source, plus Σh² and Σh.
+const CR: u32 = CN + 2u;
+// Each thread of the second step sums SEG values, strided so that neighbours read neighbours.
+const SEG: u32 = 16u;
+const_assert CWG % SEG == 0u;
+const_assert CR * (CWG / SEG) <= CWG;
+var<workgroup> cred: array<f32, CR * CWG>;
+var<workgroup> cseg: array<f32, CR * (CWG / SEG)>;
+var<workgroup> ctot: array<f32, CR>;
+
+// Every thread's `part` summed over the workgroup; every thread gets the totals back. Every
+// thread must call it (barriers); totals are copied out before the next call can overwrite them.
+fn cached_sums(lid: u32, part: array<f32, CR>) -> array<f32, CR> {
+    for (var r = 0u; r < CR; r++) { cred[r * CWG + lid] = part[r]; }
+    workgroupBarrier();
+    let segs = CWG / SEG;
+    if (lid < CR * segs) {
+        let r = lid / segs;
+        let s = lid % segs;
+        var acc = 0.0;
+        for (var k = 0u; k < SEG; k++) { acc += cred[r * CWG + s + k * segs]; }
+        cseg[lid] = acc;
+    }
+    workgroupBarrier();
+    if (lid < CR) {
+        var acc = 0.0;
+        for (var s = 0u; s < segs; s++) { acc += cseg[lid * segs + s]; }
+        ctot[lid] = acc;
+    }
+    workgroupBarrier();
+    var out: array<f32, CR>;
+    for (var r = 0u; r < CR; r++) { out[r] = ctot[r]; }
+    return out;
+}
+
+@compute @workgroup_size(CWG)
+fn main_cached(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let lt = wg.x + wg.y * 65535u;
+    if (lt >= p.tc || p.tc > 0u) { return; }
+    let t = p.t0 + lt;
+    // v[c * CE + e]: element lid + e * CWG of source c (0 past d or n).
+    var v: array<f32, CN * CE>;
+    var ms: array<f32, CN>;
+    for (var c = 0u; c < CN; c++) {
+        ms[c] = 1.0;
+        for (var e = 0u; e < CE; e++) { v[c * CE + e] = 0.0; }
+        if (c < p.n) {
+            let slot = slots[p.list_off + c];
+            let base = (slot * p.tc + lt) * p.d;
+            ms[c] = stats[p.ms_off + slot * p.t + t];
+            for (var e = 0u; e < CE; e++) {
+                let j = lid + e * CWG;
+                if (j < p.d) { v[c * CE + e] = src[base + j]; }
+            }
+        }
+    }
+    var w: array<f32, CN>;
+    if (p.mode == 1u) {
+        var q: array<f32, CE>;
+        for (var e = 0u; e < CE; e++) {
+            let j = lid + e * CWG;
+            q[e] = 0.0;
+            if (j < p.d) { q[e] = qg[p.q_off + j]; }
+        }
+        var part: array<f32, CR>;
+        for (var r = 0u; r < CR; r++) { part[r] = 0.0; }
+        for (var c = 0u; c < CN; c++) {
+            for (var e = 0u; e < CE; e++) { part[c] = fma(v[c * CE + e], q[e], part[c]); }
+        }
+        let dots = cached_sums(lid, part);
+        // Softmax over at most CN logits: every thread computes it (no barrier, no broadcast).
+        var m = -3.0e38;
+        for (var c = 0u; c < CN; c++) {
+            w[c] = dots[c] / sqrt(ms[c] + p.eps);
+            if (c < p.n) { m = max(m, w[c]); }
+        }
+        var sum = 0.0;
+        for (var c = 0u; c < CN; c++) {
+            w[c] = select(0.0, exp(w[c] - m), c < p.n);
+            sum += w[c];
+        }
+        for (var c = 0u; c < CN; c++) { w[c] = w[c] / sum; }
+    } else {
+        for (var c = 0u; c < CN; c++) { w[c] = select(0.0, 1.0, c < p.n); }
+    }
+    // h, in source order (the baseline's residual sum keeps the reference's summation order).
+    var hv: array<f32, CE>;
+    for (var e = 0u; e < CE; e++) { hv[e] = 0.0; }
+    for (var c = 0u; c < CN; c++) {
+        if (c < p.n) {
+            for (var e = 0u; e < CE; e++) {
+                if (p.mode == 1u) {
+                    hv[e] = fma(w[c], v[c * CE + e], hv[e]);
+                } else {
+                    hv[e] += v[c * CE + e];
+                }
+            }
+        }
+    }
+    let hb = p.h_off + t * p.d;
+    var part: array<f32, CR>;
+    for (var r = 0u; r < CR; r++) { part[r] = 0.0; }
+    for (var e = 0u; e < CE; e++) {
+        let j = lid + e * CWG;
+        if (j < p.d) {
+            h[hb + j] = hv[e];
+            for (var c = 0u; c < CN; c++) { part[c] = fma(v[c * CE + e], hv[e], part[c]); }
+            part[CN] = fma(hv[e], hv[e], part[CN]);
+            part[CN + 1u] += hv[e];
+        }
+    }
+    let sums = cached_sums(lid, part);
+    let hh = sums[CN];
+    // PreNorm of h into x.
+    var mean = 0.0;
+    var inv = 1.0 / sqrt(hh / f32(p.d) + p.norm_eps);
+    if (p.norm_kind == 1u) {
+        mean = sums[CN + 1u] / f32(p.d);
+        var sq: array<f32, CR>;
+        for (var r = 0u; r < CR; r++) { sq[r] = 0.0; }
+        for (var e = 0u; e < CE; e++) {
+            let j = lid + e * CWG;
+            if (j < p.d) { let c = hv[e] - mean; sq[0] = fma(c, c, sq[0]); }
+        }
+        inv = 1.0 / sqrt(cached_sums(lid, sq)[0] / f32(p.d) + p.norm_eps);
+    }
+    for (var e = 0u; e < CE; e++) {
+        let j = lid + e * CWG;
+        if (j < p.d) {
+            var y = (hv[e] - mean) * inv * gain[j];
+            if (p.norm_kind == 1u) { y += beta[j]; }
+            x[t * p.d + j] = y;
+        }
+    }
+    // Thread c writes source c's statistics (constant indices: the arrays stay in registers).
+    for (var c = 0u; c < CN; c++) {
+        if (lid == c && c < p.n) {
+            let row = t * p.n + c;
+            stats[p.alpha_off + row] = w[c];
+            stats[p.shares_off + row] = w[c] * sums[c] / max(hh, 1.1754944e-38);
+            stats[p.src_rms_off + row] = sqrt(ms[c]);
+        }
+    }
+    if (lid == 0u) { stats[p.hidden_rms_off + t] = sqrt(hh / f32(p.d)); }
+}
