@@ -5,6 +5,7 @@ for f in .gl/*.deb; do dpkg -x $f / >/dev/null; done; ldconfig; I=/usr/local/nvi
 B=.bench/depthlens
 echo "### GEMM"; $B bench --synthetic block,12,768 --matmul | tail -11; python3 benches/torch_forward.py --synthetic block,12,768 --matmul | tail -6
 for a in baseline full block; do echo "### $a 12x768"; $B bench --synthetic $a,12,768 --tokens 64,128,512,2048 --iters 20 | tail -4; python3 benches/torch_forward.py --synthetic $a,12,768 --tokens 64,128,512,2048 --iters 20 | tail -4; done
+echo "### fused attention (flash_attention)"; for a in baseline block; do $B bench --synthetic $a,12,768 --tokens 512,2048 --iters 20 --attention fused | tail -2; done; $B bench --synthetic block,30,576 --tokens 64 --iters 30 --attention fused | tail -1; $B bench --synthetic block,12,768 --tokens 512 --iters 3 --profile 512 --attention fused | sed -n '/GPU time/,$p'
 echo "### compile"; python3 benches/torch_forward.py --synthetic block,12,768 --tokens 512 --compile 2>/dev/null | tail -3
 for a in baseline full block; do echo "### $a 30x576"; $B bench --synthetic $a,30,576 --tokens 64 --iters 30 | tail -1; python3 benches/torch_forward.py --synthetic $a,30,576 --tokens 64 --iters 20 | tail -1; done
 echo "### profile block 512"; $B bench --synthetic block,12,768 --tokens 512 --iters 3 --profile 512 | sed -n '/GPU time/,$p'

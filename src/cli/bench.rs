@@ -9,8 +9,8 @@ use anyhow::{bail, Context};
 use clap::Args;
 
 use crate::engine::kernels::{
-    GemmChoice, KernelId, NtTile, MATMUL_LARGE, MATMUL_MID, MATMUL_SKINNY, MATMUL_SMALL, NT_LARGE,
-    NT_MID, NT_SMALL, SPLIT_PARTIAL_FLOATS,
+    AttentionKernel, GemmChoice, KernelId, NtTile, FLASH_MAX_HEAD_DIM, MATMUL_LARGE, MATMUL_MID,
+    MATMUL_SKINNY, MATMUL_SMALL, NT_LARGE, NT_MID, NT_SMALL, SPLIT_PARTIAL_FLOATS,
 };
 use crate::engine::matmul::Gemm;
 use crate::engine::{Engine, GpuTraceOptions};
@@ -20,6 +20,12 @@ use crate::progress::Silent;
 use crate::reference::{self, TraceOptions};
 
 use super::trace::DeviceChoice;
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AttentionChoice {
+    Gemm,
+    Fused,
+}
 
 #[derive(Args, Debug)]
 pub struct BenchArgs {
@@ -57,6 +63,9 @@ pub struct BenchArgs {
     /// GEMM policy: the short-prompt NT tile as BM,BN,BK,TM,TN.
     #[arg(long, value_delimiter = ',')]
     pub small_tile: Option<Vec<u32>>,
+    /// Attention kernel: `gemm` (Q Kᵀ, softmax, P V; the default) or `fused` (flash_attention).
+    #[arg(long, value_enum, default_value_t = AttentionChoice::Gemm)]
+    pub attention: AttentionChoice,
     /// Kernel experiments: build the kernels of this WGSL file's name (e.g. `depth.wgsl`) from
     /// this file instead of the shipped one. Repeatable.
     #[arg(long = "shader")]
@@ -183,6 +192,10 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
                     .replace_shader(file, &source)
                     .with_context(|| format!("shader {}", path.display()))?;
                 println!("shader: {} from {}", file, path.display());
+            }
+            if args.attention == AttentionChoice::Fused {
+                engine.set_attention(AttentionKernel::Fused);
+                println!("attention: flash_attention (head_dim <= {FLASH_MAX_HEAD_DIM})");
             }
             if policy != *engine.gemm_policy() {
                 engine.set_gemm_policy(policy)?;

@@ -3,7 +3,10 @@
 
 use wgpu::util::DeviceExt;
 
-use super::kernels::{KernelId, DEPTH_CACHED_DIM, DEPTH_CACHED_SOURCES, MAX_SOURCES, TOP_K};
+use super::kernels::{
+    AttentionKernel, KernelId, DEPTH_CACHED_DIM, DEPTH_CACHED_SOURCES, FLASH_MAX_HEAD_DIM,
+    FLASH_ROWS, MAX_SOURCES, TOP_K,
+};
 use super::matmul::{push_gemm, push_gemm_unreduced, Gemm};
 use super::model::{GpuLinear, GpuMlp, GpuModel, GpuNorm};
 use rayon::prelude::*;
@@ -193,6 +196,8 @@ struct Recorder<'a> {
     t: u32,
     /// Heads whose `T x T` scores one pass holds (all, unless the binding limit splits them).
     heads_per_pass: u32,
+    /// Attention through `flash_attention` (else Q Kᵀ, softmax, P V).
+    fused_attention: bool,
 }
 
 impl Recorder<'_> {
@@ -294,10 +299,33 @@ impl Recorder<'_> {
                     .push(KernelId::Rope, &params, &[&b.cos, &b.sin, &b.qkv], groups);
             }
         }
-        // Heads in passes of `heads_per_pass` (whole kv groups, or within one), so that the
-        // scores of a pass fit one binding.
         let group = heads / kv_heads;
         let window = cfg.sliding_window.map(|w| w as u32).unwrap_or(NONE);
+        if self.fused_attention {
+            let params = [
+                t,
+                heads,
+                group,
+                hd,
+                row,
+                k_off,
+                v_off,
+                window,
+                (1.0 / (hd as f32).sqrt()).to_bits(),
+                heads * hd,
+                0,
+                0,
+            ];
+            self.plan.push(
+                KernelId::FlashAttention,
+                &params,
+                &[&b.qkv, &b.att],
+                [t.div_ceil(FLASH_ROWS), heads, 1],
+            );
+            return self.output_linear(&b.att, &layer.o);
+        }
+        // Heads in passes of `heads_per_pass` (whole kv groups, or within one), so that the
+        // scores of a pass fit one binding.
         let mut h0 = 0;
         while h0 < heads {
             let hs = self.heads_per_pass.min(heads - h0);
@@ -494,6 +522,13 @@ impl Engine {
             )));
         }
         let hint = "shorten the prompt or use --device cpu";
+        let fused_attention = self.attention == AttentionKernel::Fused && hd <= FLASH_MAX_HEAD_DIM;
+        // The fused kernel keeps no scores.
+        let score_floats = if fused_attention {
+            1
+        } else {
+            u64::from(t) * u64::from(t)
+        };
         let sizes = [
             // All tokens' sources are split into token chunks below.
             (
@@ -501,10 +536,7 @@ impl Engine {
                 u64::from(layout.slots) * u64::from(d),
             ),
             // One head's scores, one position's logits: more are split into passes below.
-            (
-                "the attention scores of one head",
-                u64::from(t) * u64::from(t),
-            ),
+            ("the attention scores of one head", score_floats),
             ("the logits of one position", u64::from(vocab)),
             (
                 "the MLP activations",
@@ -581,11 +613,7 @@ impl Engine {
             y: storage(dev, "y", u64::from(t * d)),
             qkv: storage(dev, "qkv", u64::from(t * (heads + 2 * kv_heads) * hd)),
             att: storage(dev, "att", u64::from(t * heads * hd)),
-            scores: storage(
-                dev,
-                "scores",
-                u64::from(heads_per_pass) * u64::from(t) * u64::from(t),
-            ),
+            scores: storage(dev, "scores", u64::from(heads_per_pass) * score_floats),
             ff_ab: storage(dev, "ff_ab", 2 * ff),
             ff_c: storage(dev, "ff_c", ff),
             logits: storage(dev, "logits", u64::from(logit_rows) * u64::from(vocab)),
@@ -603,6 +631,7 @@ impl Engine {
             b: &b,
             t,
             heads_per_pass,
+            fused_attention,
         };
 
         // Embedding (+ learned positions) into slot 0, and its mean square for depth keys.

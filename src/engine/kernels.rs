@@ -228,6 +228,33 @@ const DEPTH_CONSTS: &[(&str, u32)] = &[
 const DEPTH_STORAGE: &[Access] = &[
     Read, Read, Read, ReadWrite, ReadWrite, Read, Read, ReadWrite,
 ];
+/// `flash_attention`: queries per workgroup, keys per block, largest head dimension, threads per
+/// query row. 15.4 KB of workgroup memory: inside WebGPU's default 16 KB, so it also runs on a
+/// device opened with default limits (eframe's).
+pub const FLASH_ROWS: u32 = 16;
+pub const FLASH_KEYS: u32 = 16;
+pub const FLASH_MAX_HEAD_DIM: u32 = 64;
+pub const FLASH_THREADS_PER_ROW: u32 = 16;
+const ATTENTION_CONSTS: &[(&str, u32)] = &[
+    ("WG", ROW_WG),
+    ("FA_BR", FLASH_ROWS),
+    ("FA_BC", FLASH_KEYS),
+    ("FA_HD", FLASH_MAX_HEAD_DIM),
+    ("FA_TPR", FLASH_THREADS_PER_ROW),
+];
+
+/// How a layer's causal attention runs on the GPU.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum AttentionKernel {
+    /// Q Kᵀ on the GEMM kernel, a causal softmax, P V on the GEMM kernel: three dispatches per
+    /// pass of heads and a `[heads, T, T]` scores buffer. Measured on the H100 (BENCHMARKS.md).
+    #[default]
+    Gemm,
+    /// `flash_attention`: one dispatch, no scores buffer, for head_dim <= FLASH_MAX_HEAD_DIM
+    /// (larger heads take the GEMM path). Parity-tested; not yet timed on a GPU.
+    Fused,
+}
+
 /// Next-token predictions kept per position.
 pub const TOP_K: u32 = 5;
 
@@ -430,9 +457,17 @@ pub const KERNELS: &[KernelSpec] = &[
         "causal_softmax",
         ATTENTION,
         "causal_softmax",
-        ROW,
+        ATTENTION_CONSTS,
         true,
         &[ReadWrite],
+    ),
+    spec(
+        "flash_attention",
+        ATTENTION,
+        "flash_attention",
+        ATTENTION_CONSTS,
+        true,
+        &[Read, ReadWrite],
     ),
     spec(
         "silu_mul",
@@ -605,6 +640,7 @@ pub enum KernelId {
     Rope,
     ReduceRope,
     CausalSoftmax,
+    FlashAttention,
     SiluMul,
     GeluTanh,
     GeluErf,

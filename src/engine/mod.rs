@@ -49,6 +49,7 @@ pub struct Engine {
     pub(crate) kernels: Kernels,
     pub(crate) limits: wgpu::Limits,
     pub(crate) gemm_policy: kernels::GemmPolicy,
+    pub(crate) attention: kernels::AttentionKernel,
     adapter_name: String,
 }
 
@@ -146,6 +147,7 @@ impl Engine {
             kernels,
             limits,
             gemm_policy,
+            attention: kernels::AttentionKernel::default(),
             adapter_name: format!("{} ({:?})", info.name, info.backend),
         })
     }
@@ -194,6 +196,16 @@ impl Engine {
             .with_shader_source(&self.device, file, source)
             .map_err(Error::Unsupported)?;
         Ok(())
+    }
+
+    /// Which attention kernel forwards use. Call before loading models: prepared forwards keep
+    /// the path they were recorded with.
+    pub fn set_attention(&mut self, kernel: kernels::AttentionKernel) {
+        self.attention = kernel;
+    }
+
+    pub fn attention(&self) -> kernels::AttentionKernel {
+        self.attention
     }
 
     /// The adapter, as the Trace's `device` field names it.
