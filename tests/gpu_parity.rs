@@ -11,7 +11,7 @@ use depthlens::engine::kernels::{
 use depthlens::engine::matmul::Gemm;
 use depthlens::engine::{Engine, GpuTraceOptions};
 use depthlens::model::random::Rng;
-use depthlens::model::TextTokenizer;
+use depthlens::model::{ModelConfig, TextTokenizer, Weights};
 use depthlens::progress::Silent;
 use depthlens::reference::{self, TraceOptions};
 use depthlens::trace::Trace;
@@ -47,17 +47,39 @@ fn every_shipped_wgsl_kernel_parses_and_validates() {
                 e.emit_to_string(&source)
             )
         });
-        naga::valid::Validator::new(
+        let info = naga::valid::Validator::new(
             naga::valid::ValidationFlags::all(),
             naga::valid::Capabilities::all(),
         )
         .validate(&module)
         .unwrap_or_else(|e| panic!("{} ({}): {e:?}", spec.name, spec.file));
+        let (index, entry) = module
+            .entry_points
+            .iter()
+            .enumerate()
+            .find(|(_, e)| e.name == spec.entry)
+            .unwrap_or_else(|| panic!("{}: entry {}", spec.name, spec.entry));
+        // WebGPU's default limits (what eframe's device has unless told otherwise): every kernel
+        // must fit them, since the app hands its device to the engine.
+        let mut layouter = naga::proc::Layouter::default();
+        layouter.update(module.to_ctx()).unwrap();
+        let uses = info.get_entry_point(index);
+        let workgroup_bytes: u32 = module
+            .global_variables
+            .iter()
+            .filter(|(h, g)| g.space == naga::AddressSpace::WorkGroup && !uses[*h].is_empty())
+            .map(|(_, g)| layouter[g.ty].size)
+            .sum();
         assert!(
-            module.entry_points.iter().any(|e| e.name == spec.entry),
-            "{}: entry {}",
-            spec.name,
-            spec.entry
+            workgroup_bytes <= 16384,
+            "{}: {workgroup_bytes} bytes of workgroup memory, past WebGPU's default 16384",
+            spec.name
+        );
+        let invocations: u32 = entry.workgroup_size.iter().product();
+        assert!(
+            invocations <= 256,
+            "{}: {invocations} invocations per workgroup, past WebGPU's default 256",
+            spec.name
         );
     }
 }
@@ -111,6 +133,19 @@ fn assert_parity_on(engine: &Engine, kind: &str, ids: &[u32]) {
         "{kind}: logits max |diff| / max |logit| = {err:.2e}"
     );
     assert_traces_match(kind, &gpu, &cpu, 1e-4);
+}
+
+/// The reference's and `engine`'s Traces of `ids` (no logits), as (gpu, cpu).
+fn gpu_and_cpu(engine: &Engine, cfg: &ModelConfig, w: &Weights, ids: &[u32]) -> (Trace, Trace) {
+    let tok = TextTokenizer::byte_fallback();
+    let tokens = || tok.tokens_from_ids(ids);
+    let cpu =
+        reference::trace_tokens(cfg, w, &tok, tokens(), TraceOptions::default(), &Silent).unwrap();
+    let model = engine.load(cfg, w).unwrap();
+    let gpu = engine
+        .trace(&model, &tok, tokens(), GpuTraceOptions::default())
+        .unwrap();
+    (gpu, cpu)
 }
 
 /// Every op statistic within 1e-4 relative (shares: `shares_tol`), the loss, and the top-5.
@@ -571,25 +606,7 @@ fn a_small_binding_limit_splits_attention_the_lm_head_and_the_depth_sources_and_
     assert!(slots * t * cfg.hidden_size * 4 > cap as usize);
     let w = common::tiny_weights(&cfg, 8);
     let ids: Vec<u32> = (0..t).map(|i| (i * 53 % vocab) as u32).collect();
-    let tok = TextTokenizer::byte_fallback();
-    let cpu = reference::trace_tokens(
-        &cfg,
-        &w,
-        &tok,
-        tok.tokens_from_ids(&ids),
-        TraceOptions::default(),
-        &Silent,
-    )
-    .unwrap();
-    let model = small.load(&cfg, &w).unwrap();
-    let gpu = small
-        .trace(
-            &model,
-            &tok,
-            tok.tokens_from_ids(&ids),
-            GpuTraceOptions::default(),
-        )
-        .unwrap();
+    let (gpu, cpu) = gpu_and_cpu(&small, &cfg, &w, &ids);
     // Shares over 15 sources are f32 dot products that cancel, on both sides: the same 1.6e-4
     // comes back without the cap (one chunk of sources), so the split adds nothing to it.
     assert_traces_match("full:deep under a 32 KiB binding cap", &gpu, &cpu, 2e-4);
@@ -598,6 +615,8 @@ fn a_small_binding_limit_splits_attention_the_lm_head_and_the_depth_sources_and_
         logits: true,
         profile: false,
     };
+    let tok = TextTokenizer::byte_fallback();
+    let model = small.load(&cfg, &w).unwrap();
     let err = small
         .trace(&model, &tok, tok.tokens_from_ids(&ids), opts)
         .unwrap_err()
@@ -610,4 +629,30 @@ fn a_small_binding_limit_splits_attention_the_lm_head_and_the_depth_sources_and_
 fn the_storage_buffer_requirement_is_what_the_widest_kernel_binds() {
     let widest = KERNELS.iter().map(|k| k.storage.len()).max().unwrap();
     assert_eq!(widest as u32, depthlens::engine::STORAGE_BUFFERS_NEEDED);
+}
+
+#[test]
+fn every_kernel_builds_and_runs_on_a_device_opened_with_webgpu_default_limits() {
+    // What eframe's renderer asks for unless told otherwise: 8 storage buffers, 128 MiB per
+    // binding, 16 KB of workgroup memory (each kernel's is checked against it by
+    // every_shipped_wgsl_kernel_parses_and_validates). The whole forward runs on such a device.
+    let instance =
+        wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
+    let adapter = pollster::block_on(instance.request_adapter(&wgpu::RequestAdapterOptions {
+        power_preference: wgpu::PowerPreference::HighPerformance,
+        ..Default::default()
+    }))
+    .expect("GPU tests need an adapter (CI installs lavapipe via scripts/setup.sh)");
+    let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
+        label: Some("webgpu defaults"),
+        required_limits: wgpu::Limits::default(),
+        ..Default::default()
+    }))
+    .expect("a device with WebGPU's default limits");
+    let mut small = Engine::from_device(device, queue, &adapter.get_info()).expect("an engine");
+    small.set_attention(AttentionKernel::Fused);
+    let cfg = common::tiny_config("block:3");
+    let w = common::tiny_weights(&cfg, 31);
+    let (gpu, cpu) = gpu_and_cpu(&small, &cfg, &w, &ODD);
+    assert_traces_match("block:3 on WebGPU default limits", &gpu, &cpu, 1e-4);
 }
