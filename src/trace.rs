@@ -109,8 +109,8 @@ impl Rows {
 impl std::ops::Index<usize> for Rows {
     type Output = [f32];
     fn index(&self, i: usize) -> &[f32] {
-        assert!(i < self.rows, "row {i} of {}", self.rows);
-        &self.data[i * self.cols..(i + 1) * self.cols]
+        self.get(i)
+            .unwrap_or_else(|| panic!("row {i} of {}", self.rows))
     }
 }
 

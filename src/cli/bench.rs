@@ -21,12 +21,6 @@ use crate::reference::{self, TraceOptions};
 
 use super::trace::DeviceChoice;
 
-#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
-pub enum AttentionChoice {
-    Gemm,
-    Fused,
-}
-
 #[derive(Args, Debug)]
 pub struct BenchArgs {
     /// Checkpoint to time (or use --synthetic).
@@ -64,8 +58,8 @@ pub struct BenchArgs {
     #[arg(long, value_delimiter = ',')]
     pub small_tile: Option<Vec<u32>>,
     /// Attention kernel: `gemm` (Q Kᵀ, softmax, P V; the default) or `fused` (flash_attention).
-    #[arg(long, value_enum, default_value_t = AttentionChoice::Gemm)]
-    pub attention: AttentionChoice,
+    #[arg(long, value_enum, default_value_t = AttentionKernel::Gemm)]
+    pub attention: AttentionKernel,
     /// Kernel experiments: build the kernels of this WGSL file's name (e.g. `depth.wgsl`) from
     /// this file instead of the shipped one. Repeatable.
     #[arg(long = "shader")]
@@ -193,8 +187,8 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
                     .with_context(|| format!("shader {}", path.display()))?;
                 println!("shader: {} from {}", file, path.display());
             }
-            if args.attention == AttentionChoice::Fused {
-                engine.set_attention(AttentionKernel::Fused);
+            engine.set_attention(args.attention);
+            if args.attention == AttentionKernel::Fused {
                 println!("attention: flash_attention (head_dim <= {FLASH_MAX_HEAD_DIM})");
             }
             if policy != *engine.gemm_policy() {

@@ -70,12 +70,12 @@ fn print_summary(trace: &crate::trace::Trace) {
         "op", "hidden_rms", "output_rms"
     );
     for op in &trace.ops {
-        let Some(last) = op.alpha.len().checked_sub(1) else {
-            continue;
+        let (table, what) = match op.mixing {
+            Mixing::DepthAttention => (&op.alpha, "alpha"),
+            Mixing::ResidualSum => (&op.shares, "share"),
         };
-        let (weights, what) = match op.mixing {
-            Mixing::DepthAttention => (&op.alpha[last], "alpha"),
-            Mixing::ResidualSum => (&op.shares[last], "share"),
+        let Some(weights) = table.last() else {
+            continue;
         };
         let mut order: Vec<usize> = (0..weights.len()).collect();
         order.sort_by(|&a, &b| weights[b].total_cmp(&weights[a]));

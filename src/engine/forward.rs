@@ -236,7 +236,6 @@ impl Recorder<'_> {
         self.gemm(g, x, &l.weight, l.bias.as_ref(), out);
     }
 
-    /// Mean square and/or RMS of `T` rows starting at element `x_off` into the stats buffer.
     /// Mean square and RMS of `rows` rows of `x` from element `x_off`, into the stats buffer.
     fn row_stats(&mut self, x: &wgpu::Buffer, x_off: u32, rows: u32, ms_off: u32, rms_off: u32) {
         let d = self.model.cfg.hidden_size as u32;

@@ -243,8 +243,8 @@ const ATTENTION_CONSTS: &[(&str, u32)] = &[
     ("FA_TPR", FLASH_THREADS_PER_ROW),
 ];
 
-/// How a layer's causal attention runs on the GPU.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+/// How a layer's causal attention runs on the GPU (`bench --attention gemm|fused`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, clap::ValueEnum)]
 pub enum AttentionKernel {
     /// Q Kᵀ on the GEMM kernel, a causal softmax, P V on the GEMM kernel: three dispatches per
     /// pass of heads and a `[heads, T, T]` scores buffer. Measured on the H100 (BENCHMARKS.md).

@@ -204,10 +204,6 @@ impl Engine {
         self.attention = kernel;
     }
 
-    pub fn attention(&self) -> kernels::AttentionKernel {
-        self.attention
-    }
-
     /// The adapter, as the Trace's `device` field names it.
     pub fn adapter_name(&self) -> &str {
         &self.adapter_name

@@ -6,7 +6,7 @@ use super::depth::{DepthRule, DepthState};
 use super::ops;
 use crate::model::{Activation, AttnResMode, Layer, Mlp, ModelConfig, Weights};
 use crate::progress::Progress;
-use crate::trace::{DepthOp, Mixing, OpKind};
+use crate::trace::{DepthOp, Mixing, OpKind, Rows};
 
 /// What the forward produced, before top-k and gradients are turned into Trace fields.
 pub struct ForwardOutput {
@@ -36,9 +36,9 @@ pub fn op_name(l: usize, num_layers: usize) -> String {
 
 /// Per-op statistics of the input `h` formed from `sources` with weights `alpha` (`[n, T]`).
 struct InputStats {
-    alpha: crate::trace::Rows,
-    shares: crate::trace::Rows,
-    source_rms: crate::trace::Rows,
+    alpha: Rows,
+    shares: Rows,
+    source_rms: Rows,
     hidden_rms: Vec<f32>,
 }
 
