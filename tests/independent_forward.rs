@@ -279,6 +279,32 @@ fn check_against_naive(kind: &str) {
         let err = common::max_rel_err(&got, &want, 1e-6);
         assert!(err < 1e-4, "{kind} {}: hidden rms rel err {err}", op.name);
     }
+    // The loss and the top-k, from the naive logits by textbook softmax in f64.
+    let log_softmax = |row: &[f64]| -> Vec<f64> {
+        let max = row.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        let log_sum = row.iter().map(|z| (z - max).exp()).sum::<f64>().ln() + max;
+        row.iter().map(|z| z - log_sum).collect()
+    };
+    let log_probs: Vec<Vec<f64>> = naive.logits.iter().map(|r| log_softmax(r)).collect();
+    let nll = (1..ids.len())
+        .map(|t| -log_probs[t - 1][ids[t] as usize])
+        .sum::<f64>()
+        / (ids.len() - 1) as f64;
+    let loss = f64::from(trace.loss.expect("a loss for a prompt of several tokens"));
+    assert!(
+        (loss - nll).abs() < 1e-5 * nll.abs().max(1.0),
+        "{kind}: loss {loss} vs naive {nll}"
+    );
+    for (t, (predictions, lp)) in trace.topk.iter().zip(&log_probs).enumerate() {
+        let mut order: Vec<usize> = (0..lp.len()).collect();
+        order.sort_by(|&a, &b| lp[b].total_cmp(&lp[a]));
+        assert_eq!(predictions.len(), 5, "{kind} token {t}: top-5");
+        for (p, &want) in predictions.iter().zip(&order) {
+            assert_eq!(p.id as usize, want, "{kind} token {t}: top-k order");
+            let err = (f64::from(p.prob) - lp[want].exp()).abs();
+            assert!(err < 1e-6, "{kind} token {t}: p(id {want}) off by {err}");
+        }
+    }
 }
 
 #[test]

@@ -112,18 +112,22 @@ pub fn residual_sum(sources: &[&Tensor]) -> Result<Mixed> {
 }
 
 /// ATTNRES.md: `alpha_i = softmax_i((w * g) . v_i / sqrt(mean(v_i^2) + eps))`, `h = sum_i alpha_i v_i`.
-/// `(v / r) . q = (v . q) / r`, so the keys need no normalised copy.
+/// `(v / r) . q = (v . q) / r`, so the keys need no normalised copy. The sources are stacked as
+/// `[T, n, d]` so that every reduction runs over a last dimension and the mix is one batched
+/// matmul: candle's CPU reductions over a leading dimension are several times slower.
 pub fn depth_attention(sources: &[&Tensor], q: &DepthQuery, eps: f64) -> Result<Mixed> {
-    let stacked = Tensor::stack(sources, 0)?; // [n, T, d]
-    let (n, t, d) = stacked.dims3()?;
-    let key_rms = (stacked.sqr()?.mean(2)? + eps)?.sqrt()?; // [n, T]
+    let stacked = Tensor::stack(sources, 1)?; // [T, n, d]
+    let (t, n, d) = stacked.dims3()?;
+    let key_rms = (stacked.sqr()?.mean(2)? + eps)?.sqrt()?; // [T, n]
     let folded = (&q.query * &q.key_gain)?.reshape((d, 1))?;
     let dots = stacked
-        .reshape((n * t, d))?
+        .reshape((t * n, d))?
         .matmul(&folded)?
-        .reshape((n, t))?;
-    let logits = (dots / key_rms)?;
-    let alpha = super::ops::softmax(&logits, 0)?; // [n, T]
-    let hidden = stacked.broadcast_mul(&alpha.unsqueeze(2)?)?.sum(0)?;
-    Ok(Mixed { hidden, alpha })
+        .reshape((t, n))?;
+    let alpha = super::ops::softmax(&(dots / key_rms)?, 1)?; // [T, n]
+    let hidden = alpha.unsqueeze(1)?.matmul(&stacked)?.squeeze(1)?; // [T, 1, n] x [T, n, d]
+    Ok(Mixed {
+        hidden,
+        alpha: alpha.t()?,
+    })
 }

@@ -8,13 +8,13 @@ pub mod grads;
 pub mod ops;
 
 use candle_core::backprop::GradStore;
-use candle_core::{DType, Device, Tensor, Var};
+use candle_core::{Device, Tensor, Var};
 use rayon::prelude::*;
 
 use crate::model::weights::ParamGroup;
 use crate::model::{Checkpoint, Family, ModelConfig, TextTokenizer, Token, Weights};
 use crate::progress::Progress;
-use crate::trace::{ModelSummary, Prediction, Trace, TRACE_SCHEMA_VERSION};
+use crate::trace::{ModelSummary, Prediction, Rows, Trace, TRACE_SCHEMA_VERSION};
 
 pub use generate::{generate, greedy_ids, Generation, StopReason};
 
@@ -143,10 +143,6 @@ pub fn trace_tokens(
     let run = run(cfg, weights, &ids, opts.grads, progress)?;
     let mut depth_ops = run.forward.ops;
     let mut warnings = Vec::new();
-    let loss = match &run.loss {
-        Some(l) => Some(l.to_dtype(DType::F32)?.to_scalar::<f32>()?),
-        None => None,
-    };
     let grads = match &run.backward {
         Some(b) => {
             for (op, probe) in depth_ops.iter_mut().zip(&b.probes) {
@@ -165,7 +161,12 @@ pub fn trace_tokens(
         None => None,
     };
     let logits = run.forward.logits.detach();
-    let topk = top_k(&logits, opts.top_k, tokenizer)?;
+    // One pass over the `[T, vocab]` logits gives both the loss and the top-k probabilities;
+    // candle's log-sum-exp would build four logits-sized temporaries for the loss alone.
+    let rows = ops::table_f32(&logits)?;
+    let normalisers = log_normalisers(&rows);
+    let loss = mean_next_token_nll(&rows, &normalisers, &ids);
+    let topk = top_k(&rows, &normalisers, opts.top_k, tokenizer);
     Ok(Trace {
         schema_version: TRACE_SCHEMA_VERSION,
         model: ModelSummary::of(cfg),
@@ -176,7 +177,7 @@ pub fn trace_tokens(
         loss,
         grads,
         logits: if opts.logits {
-            Some(ops::rows_f32(&logits)?)
+            Some(rows.iter().map(<[f32]>::to_vec).collect())
         } else {
             None
         },
@@ -193,9 +194,11 @@ pub struct Backward {
     pub store: GradStore,
 }
 
-/// A forward, its loss, and (when asked and the prompt has two tokens or more) its backward.
+/// A forward and (when asked and the prompt has two tokens or more) its loss and backward.
 pub struct Run {
     pub forward: forward::ForwardOutput,
+    /// The differentiable loss the backward started from (with gradients only: a trace's loss
+    /// comes from [`mean_next_token_nll`]).
     pub loss: Option<Tensor>,
     pub backward: Option<Backward>,
 }
@@ -212,10 +215,9 @@ pub fn run(
     let grads = grads && ids.len() >= 2;
     if !grads {
         let forward = forward::forward(cfg, weights, ids, None, progress)?;
-        let loss = next_token_loss(&forward.logits, ids)?;
         return Ok(Run {
             forward,
-            loss,
+            loss: None,
             backward: None,
         });
     }
@@ -261,43 +263,141 @@ pub fn next_token_loss(logits: &Tensor, ids: &[u32]) -> candle_core::Result<Opti
     nll.mean_all().map(Some)
 }
 
+/// `ln Σ_j exp(z_j)` of every row of logits, with the row's max taken out first, in f64.
+pub struct LogNormaliser {
+    max: f32,
+    log_sum: f64,
+}
+
+impl LogNormaliser {
+    /// `ln p` of a logit of this row.
+    pub fn log_prob(&self, logit: f32) -> f64 {
+        f64::from(logit - self.max) - self.log_sum
+    }
+}
+
+/// One softmax normaliser per row of `[T, vocab]` logits, rows spread over threads.
+pub fn log_normalisers(rows: &Rows) -> Vec<LogNormaliser> {
+    (0..rows.len())
+        .into_par_iter()
+        .map(|t| {
+            let row = &rows[t];
+            let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            // Each term in f32 (x - max <= 0, so exp is within an ulp), summed in f64.
+            let sum: f64 = row.iter().map(|&x| f64::from((x - max).exp())).sum();
+            LogNormaliser {
+                max,
+                log_sum: sum.ln(),
+            }
+        })
+        .collect()
+}
+
+/// Mean cross-entropy of predicting `ids[t + 1]` at every position `t`; `None` for one token.
+pub fn mean_next_token_nll(rows: &Rows, normalisers: &[LogNormaliser], ids: &[u32]) -> Option<f32> {
+    if ids.len() < 2 {
+        return None;
+    }
+    let nll: f64 = ids[1..]
+        .iter()
+        .enumerate()
+        .map(|(t, &next)| -normalisers[t].log_prob(rows[t][next as usize]))
+        .sum();
+    Some((nll / (ids.len() - 1) as f64) as f32)
+}
+
+/// Indices of the `k` largest values, largest first; among equal values the lower index first,
+/// and NaN ranks below everything. One pass that keeps the winners sorted: `k` is a handful
+/// against a vocabulary of ~50k.
+fn largest_k(row: &[f32], k: usize) -> Vec<usize> {
+    let value = |i: usize| {
+        if row[i].is_nan() {
+            f32::NEG_INFINITY
+        } else {
+            row[i]
+        }
+    };
+    let mut winners: Vec<usize> = Vec::with_capacity(k + 1);
+    for i in 0..row.len() {
+        let v = value(i);
+        if winners.len() == k && winners.last().is_none_or(|&w| value(w) >= v) {
+            continue;
+        }
+        let at = winners.partition_point(|&w| value(w) >= v);
+        winners.insert(at, i);
+        winners.truncate(k);
+    }
+    winners
+}
+
 /// The `k` most probable next tokens after each position.
 pub fn top_k(
-    logits: &Tensor,
+    rows: &Rows,
+    normalisers: &[LogNormaliser],
     k: usize,
     tokenizer: &TextTokenizer,
-) -> candle_core::Result<Vec<Vec<Prediction>>> {
-    let rows = ops::rows_f32(logits)?;
-    // One softmax sum and selection per position over the whole vocabulary: spread over threads.
-    Ok(rows
-        .par_iter()
-        .map(|row| {
-            let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-            let sum: f64 = row.iter().map(|&x| ((x - max) as f64).exp()).sum();
-            let mut order: Vec<usize> = (0..row.len()).collect();
-            let k = k.min(row.len());
-            // Partial selection, then sort only the k winners; NaN logits rank last.
-            let value = |i: usize| {
-                if row[i].is_nan() {
-                    f32::NEG_INFINITY
-                } else {
-                    row[i]
-                }
-            };
-            let descending = |a: &usize, b: &usize| value(*b).total_cmp(&value(*a));
-            if k < order.len() {
-                order.select_nth_unstable_by(k, descending);
-            }
-            order.truncate(k);
-            order.sort_by(descending);
-            order
+) -> Vec<Vec<Prediction>> {
+    // One selection per position over the whole vocabulary: spread over threads.
+    (0..rows.len())
+        .into_par_iter()
+        .map(|t| {
+            let row = &rows[t];
+            let winners = largest_k(row, k);
+            winners
                 .into_iter()
                 .map(|i| Prediction {
                     id: i as u32,
                     text: tokenizer.decode(&[i as u32]),
-                    prob: (((row[i] - max) as f64).exp() / sum) as f32,
+                    prob: normalisers[t].log_prob(row[i]).exp() as f32,
                 })
                 .collect()
         })
-        .collect())
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::largest_k;
+
+    /// What `largest_k` must equal: a full stable sort, NaN as the smallest value.
+    fn by_full_sort(row: &[f32], k: usize) -> Vec<usize> {
+        let key = |i: usize| {
+            if row[i].is_nan() {
+                f32::NEG_INFINITY
+            } else {
+                row[i]
+            }
+        };
+        let mut order: Vec<usize> = (0..row.len()).collect();
+        order.sort_by(|&a, &b| key(b).total_cmp(&key(a)));
+        order.truncate(k);
+        order
+    }
+
+    #[test]
+    fn largest_k_agrees_with_a_full_sort_including_ties_and_nan() {
+        let mut state = 12345u32;
+        let mut next = || {
+            state = state.wrapping_mul(1664525).wrapping_add(1013904223);
+            state >> 8
+        };
+        for len in [1, 2, 7, 64, 1000] {
+            // Few distinct values, so ties are common; some NaN and infinities.
+            let row: Vec<f32> = (0..len)
+                .map(|_| match next() % 13 {
+                    0 => f32::NAN,
+                    1 => f32::NEG_INFINITY,
+                    2 => f32::INFINITY,
+                    v => (v % 5) as f32 - 2.0,
+                })
+                .collect();
+            for k in [0, 1, 3, 5, len, len + 4] {
+                assert_eq!(
+                    largest_k(&row, k),
+                    by_full_sort(&row, k),
+                    "len {len}, k {k}"
+                );
+            }
+        }
+    }
 }
