@@ -29,6 +29,28 @@ fn causal_softmax(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocatio
 }
 
 // ---------------------------------------------------------------------------------------------
+// transpose_v: V of every kv head as [kv_heads, hd, T] (token-contiguous), so that P V reads its
+// B operand k-contiguous and runs on the vec4 `gemm_nt` path instead of the generic GEMM (P V
+// was a quarter of the forward at T = 2048). One thread per element: the writes are coalesced.
+
+struct TransposeParams {
+    t: u32, kv_heads: u32, hd: u32, row: u32,
+    v_off: u32, _p0: u32, _p1: u32, _p2: u32,
+}
+
+@group(0) @binding(0) var<uniform> tp: TransposeParams;
+@group(0) @binding(2) var<storage, read_write> vt: array<f32>;
+
+@compute @workgroup_size(WG)
+fn transpose_v(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let idx = gid.x + gid.y * 65535u * WG;
+    if (idx >= tp.kv_heads * tp.hd * tp.t) { return; }
+    let token = idx % tp.t;
+    let channel = idx / tp.t; // kv_head * hd + dim
+    vt[idx] = qkv[token * tp.row + tp.v_off + channel];
+}
+
+// ---------------------------------------------------------------------------------------------
 // flash_attention: the same causal (optionally sliding-window) attention in one dispatch per layer,
 // without the [heads, T, T] scores: att[t, h] = softmax_j(q_t . k_j * scale) v_j over the keys j a
 // row sees, by blocks of FA_BC keys with a running max and sum (online softmax). One workgroup per

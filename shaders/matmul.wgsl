@@ -16,7 +16,7 @@ struct Params {
     b_off: u32, b_bstride: u32, b_sk: u32, b_sn: u32,
     c_off: u32, c_bstride: u32, c_rs: u32, accumulate: u32,
     bias_off: u32, alpha: f32, splits: u32, k_chunk: u32,
-    split_stride: u32, batches: u32, _p0: u32, _p1: u32,
+    split_stride: u32, batches: u32, causal: u32, _p1: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -215,10 +215,17 @@ fn gemm_nt(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index
            @builtin(local_invocation_id) l: vec3<u32>) {
     let batch = wg.z / p.splits;
     let split = wg.z % p.splits;
-    let k_begin = split * p.k_chunk;
-    let k_end = min(p.k, k_begin + p.k_chunk);
     let row0 = wg.y * GBM;
     let col0 = wg.x * GBN;
+    // Causal attention (only gemm_nt reads this hint; other kernels compute everything, which is
+    // also correct): 1 = Q Kᵀ, whose tiles wholly above the diagonal are masked, so skip them
+    // (uniform per workgroup, before any barrier); 2 = P V, where P is zero past each row's
+    // position, so k stops at the tile's last row.
+    if (p.causal == 1u && col0 >= row0 + GBM) { return; }
+    var k_last = p.k;
+    if (p.causal == 2u) { k_last = min(k_last, row0 + GBM); }
+    let k_begin = split * p.k_chunk;
+    let k_end = min(k_last, k_begin + p.k_chunk);
     let a_base = (p.a_off + batch * p.a_bstride) / 4u;
     let b_base = (p.b_off + (batch / p.b_group) * p.b_bstride) / 4u;
     let a_rs4 = p.a_rs / 4u;

@@ -165,6 +165,8 @@ struct Buffers {
     qkv: wgpu::Buffer,
     att: wgpu::Buffer,
     scores: wgpu::Buffer,
+    /// V transposed to `[kv_heads, hd, T]` for the vec4 P V (when T is a multiple of 4).
+    v_t: wgpu::Buffer,
     /// gate and up side by side (`[T, 2F]`), or the GELU MLP's fc output.
     ff_ab: wgpu::Buffer,
     ff_c: wgpu::Buffer,
@@ -323,6 +325,15 @@ impl Recorder<'_> {
             );
             return self.output_linear(&b.att, &layer.o);
         }
+        let v_t = transposed_v(t, false);
+        if v_t {
+            self.plan.push(
+                KernelId::TransposeV,
+                &[t, kv_heads, hd, row, v_off, 0, 0, 0],
+                &[&b.qkv, &b.v_t],
+                elementwise_groups(t * kv_heads * hd),
+            );
+        }
         // Heads in passes of `heads_per_pass` (whole kv groups, or within one), so that the
         // scores of a pass fit one binding.
         let mut h0 = 0;
@@ -347,6 +358,7 @@ impl Recorder<'_> {
                 c_rs: t,
                 accumulate: false,
                 alpha: 1.0 / (hd as f32).sqrt(),
+                causal: 1,
             };
             self.gemm(scores, &b.qkv, &b.qkv, None, &b.scores);
             self.plan.push(
@@ -355,7 +367,12 @@ impl Recorder<'_> {
                 &[&b.scores],
                 row_groups(hs * t),
             );
-            // att[:, h] = P_h V_{h/group}
+            // att[:, h] = P_h V_{h/group}, V read from its transpose when there is one.
+            let (v, b_off, b_bstride, b_sk, b_sn) = if v_t {
+                (&b.v_t, (h0 / group) * hd * t, hd * t, 1, t)
+            } else {
+                (&b.qkv, v_off + (h0 / group) * hd, hd, row, 1)
+            };
             let pv = Gemm {
                 m: t,
                 n: hd,
@@ -365,17 +382,18 @@ impl Recorder<'_> {
                 a_off: 0,
                 a_bstride: t * t,
                 a_rs: t,
-                b_off: v_off + (h0 / group) * hd,
-                b_bstride: hd,
-                b_sk: row,
-                b_sn: 1,
+                b_off,
+                b_bstride,
+                b_sk,
+                b_sn,
                 c_off: h0 * hd,
                 c_bstride: hd,
                 c_rs: heads * hd,
                 accumulate: false,
                 alpha: 1.0,
+                causal: 2,
             };
-            self.gemm(pv, &b.scores, &b.qkv, None, &b.att);
+            self.gemm(pv, &b.scores, v, None, &b.att);
             h0 += hs;
         }
         self.output_linear(&b.att, &layer.o)
@@ -421,6 +439,13 @@ impl Recorder<'_> {
             }
         }
     }
+}
+
+/// Whether P V reads V transposed (`transpose_v`): the GEMM attention path, with T a multiple of
+/// 4 so that the transposed rows are 16-byte aligned for `gemm_nt` (else the generic kernel
+/// reads V in place and a transpose would buy nothing).
+fn transposed_v(t: u32, fused_attention: bool) -> bool {
+    !fused_attention && t.is_multiple_of(4)
 }
 
 /// Heads per attention pass whose `T x T` scores fit in `max_floats`: all of them if they fit,
@@ -613,6 +638,15 @@ impl Engine {
             qkv: storage(dev, "qkv", u64::from(t * (heads + 2 * kv_heads) * hd)),
             att: storage(dev, "att", u64::from(t * heads * hd)),
             scores: storage(dev, "scores", u64::from(heads_per_pass) * score_floats),
+            v_t: storage(
+                dev,
+                "v_t",
+                if transposed_v(t, fused_attention) {
+                    u64::from(t * kv_heads * hd)
+                } else {
+                    1
+                },
+            ),
             ff_ab: storage(dev, "ff_ab", 2 * ff),
             ff_c: storage(dev, "ff_c", ff),
             logits: storage(dev, "logits", u64::from(logit_rows) * u64::from(vocab)),

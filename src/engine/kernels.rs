@@ -462,6 +462,14 @@ pub const KERNELS: &[KernelSpec] = &[
         &[ReadWrite],
     ),
     spec(
+        "transpose_v",
+        ATTENTION,
+        "transpose_v",
+        ATTENTION_CONSTS,
+        true,
+        &[Read, ReadWrite],
+    ),
+    spec(
         "flash_attention",
         ATTENTION,
         "flash_attention",
@@ -640,6 +648,7 @@ pub enum KernelId {
     Rope,
     ReduceRope,
     CausalSoftmax,
+    TransposeV,
     FlashAttention,
     SiluMul,
     GeluTanh,

@@ -33,6 +33,9 @@ pub struct Gemm {
     pub c_rs: u32,
     pub accumulate: bool,
     pub alpha: f32,
+    /// Causal attention hint for `gemm_nt`: 1 = Q Kᵀ (skip tiles above the diagonal), 2 = P V (k
+    /// stops at each tile's last row). Other kernels ignore it and compute everything.
+    pub causal: u32,
 }
 
 impl Gemm {
@@ -101,7 +104,7 @@ impl Gemm {
             choice.k_chunk,
             self.batch.max(1) * self.m * self.n,
             self.batch.max(1),
-            0,
+            self.causal,
             0,
         ]
     }
