@@ -9,7 +9,7 @@ use depthlens::engine::kernels::{
     wgsl, AttentionKernel, GemmChoice, GemmPolicy, KernelId, KERNELS, NT_LARGE, NT_MID, NT_SMALL,
 };
 use depthlens::engine::matmul::Gemm;
-use depthlens::engine::{Engine, GpuTraceOptions};
+use depthlens::engine::{Engine, GpuTraceOptions, TRANSPOSED_V_MIN_TOKENS};
 use depthlens::model::random::Rng;
 use depthlens::model::{ModelConfig, TextTokenizer, Weights};
 use depthlens::progress::Silent;
@@ -304,12 +304,13 @@ fn fused_attention_matches_the_reference_on_every_architecture_at_odd_lengths() 
     assert_parity_on(fused, "mistral", &[7]);
 }
 
-/// 132 tokens, a multiple of 4: P V reads V transposed on the vec4 GEMM path, and the causal
-/// hints skip Q Kᵀ tiles above the diagonal and stop P V's k at each tile's last row (with
-/// several row and column tiles, so both take effect).
+/// A long prompt whose length is a multiple of 4: P V reads V transposed on the vec4 GEMM path,
+/// and the causal hints skip Q Kᵀ tiles above the diagonal and stop P V's k at each tile's last
+/// row (with several row and column tiles, so both take effect).
 #[test]
 fn causal_attention_gemms_on_a_long_aligned_prompt_match_the_reference() {
-    let long: Vec<u32> = (0..132u32).map(|i| (i * 53 + 7) % 300).collect();
+    let t = TRANSPOSED_V_MIN_TOKENS + 4;
+    let long: Vec<u32> = (0..t).map(|i| (i * 53 + 7) % 300).collect();
     for kind in ["llama", "mistral", "gpt2", "qwen2", "block:3"] {
         assert_parity(kind, &long);
     }

@@ -441,11 +441,16 @@ impl Recorder<'_> {
     }
 }
 
-/// Whether P V reads V transposed (`transpose_v`): the GEMM attention path, with T a multiple of
-/// 4 so that the transposed rows are 16-byte aligned for `gemm_nt` (else the generic kernel
-/// reads V in place and a transpose would buy nothing).
+/// Prompts at least this long read V transposed in P V. On the H100 the transpose's dispatch per
+/// layer cost ~0.3 ms of a 4.5 ms forward at T = 64 (30 layers), broke even at T = 512 and saved
+/// ~6 ms of 33 at T = 2048, where P V on the generic kernel was a quarter of the forward.
+pub const TRANSPOSED_V_MIN_TOKENS: u32 = 256;
+
+/// Whether P V reads V transposed (`transpose_v`): the GEMM attention path on a long prompt, with
+/// T a multiple of 4 so that the transposed rows are 16-byte aligned for `gemm_nt` (else the
+/// generic kernel reads V in place and a transpose would buy nothing).
 fn transposed_v(t: u32, fused_attention: bool) -> bool {
-    !fused_attention && t.is_multiple_of(4)
+    !fused_attention && t >= TRANSPOSED_V_MIN_TOKENS && t.is_multiple_of(4)
 }
 
 /// Heads per attention pass whose `T x T` scores fit in `max_floats`: all of them if they fit,

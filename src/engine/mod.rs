@@ -8,7 +8,7 @@ pub mod matmul;
 mod model;
 mod plan;
 
-pub use forward::{GpuTraceOptions, KernelTime, Profile};
+pub use forward::{GpuTraceOptions, KernelTime, Profile, TRANSPOSED_V_MIN_TOKENS};
 pub use model::GpuModel;
 
 use kernels::Kernels;
