@@ -21,6 +21,21 @@ def replaced(text, old, new):
     return text.replace(old, new)
 
 
+# Source c's row loaded into registers, as main_cached does it (the anchor of two variants).
+SOURCE_LOADS = """        if (c < p.n) {
+            let slot = slots[p.list_off + c];
+            let base = (slot * p.tc + lt) * p.d;
+            ms[c] = stats[p.ms_off + slot * p.t + t];
+            for (var e = 0u; e < CE; e++) {
+                let j = lid + e * CWG;
+                if (j < p.d) { v[c * CE + e] = src[base + j]; }
+            }
+        }"""
+# Workgroup memory for each source's row start and mean square, looked up once per workgroup.
+REDUCTION_DECL = "var<workgroup> cred: array<f32, CR * CWG>;"
+LOOKUP_DECL = REDUCTION_DECL + "\nvar<workgroup> cbase: array<u32, CN>;\nvar<workgroup> cms: array<f32, CN>;"
+
+
 def variants():
     cached = SHIPPED.index("fn main_cached")
     head, body = SHIPPED[:cached], SHIPPED[cached:]
@@ -35,15 +50,8 @@ def variants():
     yield "loads-and-writes", "no scoring, no reductions", replaced(
         no_red, scoring, scoring.replace("1u", "7u")
     )
-    loads = """        if (c < p.n) {
-            let slot = slots[p.list_off + c];
-            let base = (slot * p.tc + lt) * p.d;
-            ms[c] = stats[p.ms_off + slot * p.t + t];
-            for (var e = 0u; e < CE; e++) {
-                let j = lid + e * CWG;
-                if (j < p.d) { v[c * CE + e] = src[base + j]; }
-            }
-        }"""
+    # The rest give the shipped results (checked by copying each over shaders/depth.wgsl and
+    # running tests/gpu_parity.rs).
     branchless = """        let slot = slots[p.list_off + min(c, p.n - 1u)];
         let base = (slot * p.tc + lt) * p.d;
         ms[c] = select(1.0, stats[p.ms_off + slot * p.t + t], c < p.n);
@@ -51,54 +59,39 @@ def variants():
             let j = lid + e * CWG;
             v[c * CE + e] = select(0.0, src[base + min(j, p.d - 1u)], j < p.d && c < p.n);
         }"""
-    yield "branchless-loads", "same results, loads without branches", replaced(
-        SHIPPED, loads, branchless
+    yield "branchless-loads", "loads without branches", replaced(
+        SHIPPED, SOURCE_LOADS, branchless
     )
-
-
-# Variants that keep the shipped results: `slots-once` looks each source's row and mean square up
-# once per workgroup into workgroup memory; `unrolled` writes main_cached out with literal indices
-# only (no indexed private arrays). Checked by copying each over shaders/depth.wgsl and running
-# tests/gpu_parity.rs.
-loads = """    for (var c = 0u; c < CN; c++) {
-        ms[c] = 1.0;
-        for (var e = 0u; e < CE; e++) { v[c * CE + e] = 0.0; }
-        if (c < p.n) {
-            let slot = slots[p.list_off + c];
-            let base = (slot * p.tc + lt) * p.d;
-            ms[c] = stats[p.ms_off + slot * p.t + t];
-            for (var e = 0u; e < CE; e++) {
-                let j = lid + e * CWG;
-                if (j < p.d) { v[c * CE + e] = src[base + j]; }
-            }
-        }
-    }"""
-v1_loads = """    if (lid < p.n) {
+    lookup = """    if (lid < p.n) {
         let slot = slots[p.list_off + lid];
         cbase[lid] = (slot * p.tc + lt) * p.d;
         cms[lid] = stats[p.ms_off + slot * p.t + t];
     }
     workgroupBarrier();
-    for (var c = 0u; c < CN; c++) {
-        ms[c] = 1.0;
-        for (var e = 0u; e < CE; e++) { v[c * CE + e] = 0.0; }
-        if (c < p.n) {
+    // v[c * CE + e]:"""
+    from_lookup = """        if (c < p.n) {
             let base = cbase[c];
             ms[c] = cms[c];
             for (var e = 0u; e < CE; e++) {
                 let j = lid + e * CWG;
                 if (j < p.d) { v[c * CE + e] = src[base + j]; }
             }
-        }
-    }"""
-v1 = replaced(SHIPPED, loads, v1_loads)
-decl = "var<workgroup> cred: array<f32, CR * CWG>;"
-v1 = replaced(v1, decl, decl + "\nvar<workgroup> cbase: array<u32, CN>;\nvar<workgroup> cms: array<f32, CN>;")
-
+        }"""
+    slots_once = replaced(SHIPPED, SOURCE_LOADS, from_lookup)
+    slots_once = replaced(slots_once, "    // v[c * CE + e]:", lookup)
+    yield "slots-once", "rows looked up once into workgroup memory", replaced(
+        slots_once, REDUCTION_DECL, LOOKUP_DECL
+    )
+    cached_entry = SHIPPED.index("@compute @workgroup_size(CWG)\nfn main_cached")
+    yield "unrolled", "literal indices only, generated for 12 sources x 4 elements", replaced(
+        SHIPPED[:cached_entry], REDUCTION_DECL, LOOKUP_DECL
+    ) + unrolled_main_cached()
 
 
 def unrolled_main_cached(CN=12, CE=4):
-    """main_cached written out for CN sources x CE elements with literal indices only."""
+    """main_cached written out for CN sources x CE elements (the host's DEPTH_CACHED_SOURCES and
+    DEPTH_CACHED_ELEMS) with literal indices only: no indexed private arrays, which the driver may
+    place in local memory. Looks rows up as `slots-once` does."""
     cs = range(CN)
     es = range(CE)
     L = []
@@ -177,18 +170,11 @@ def unrolled_main_cached(CN=12, CE=4):
     return "\n".join(L) + "\n"
 
 
-def literal_variants():
-    i = SHIPPED.index("@compute @workgroup_size(CWG)\nfn main_cached")
-    v2 = replaced(SHIPPED[:i], decl, decl + "\nvar<workgroup> cbase: array<u32, CN>;\nvar<workgroup> cms: array<f32, CN>;") + unrolled_main_cached()
-    yield "slots-once", "rows looked up once into workgroup memory", v1
-    yield "unrolled", "literal indices only, generated for 12 sources x 4 elements", v2
-
-
 def main():
     binary = os.environ.get("DEPTHLENS", ".bench/depthlens")
     runs = [("shipped", "", None)]
     os.makedirs(".bench/depth-experiments", exist_ok=True)
-    for name, what, text in list(variants()) + list(literal_variants()):
+    for name, what, text in variants():
         path = f".bench/depth-experiments/{name}/depth.wgsl"
         os.makedirs(os.path.dirname(path), exist_ok=True)
         with open(path, "w") as f:

@@ -325,7 +325,7 @@ impl Recorder<'_> {
             );
             return self.output_linear(&b.att, &layer.o);
         }
-        let v_t = transposed_v(t, false);
+        let v_t = transposed_v(t, self.fused_attention);
         if v_t {
             self.plan.push(
                 KernelId::TransposeV,

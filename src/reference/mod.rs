@@ -317,6 +317,8 @@ fn largest_k(row: &[f32], k: usize) -> Vec<usize> {
             row[i]
         }
     };
+    // A --top-k past the vocabulary asks for every token, not for that much memory.
+    let k = k.min(row.len());
     let mut winners: Vec<usize> = Vec::with_capacity(k + 1);
     for i in 0..row.len() {
         let v = value(i);

@@ -178,13 +178,8 @@ pub fn causal_attention(q: &Tensor, k: &Tensor, v: &Tensor, mask: &Tensor) -> Re
         .reshape((batch * t, heads * hd))
 }
 
-/// Rows of a `[a, b]` tensor as f32, whatever its dtype (the reference also runs in f64 for
-/// finite-difference checks).
-pub fn rows_f32(t: &Tensor) -> Result<Vec<Vec<f32>>> {
-    t.to_dtype(DType::F32)?.to_vec2()
-}
-
-/// A `[rows, cols]` tensor as one f32 table.
+/// A `[rows, cols]` tensor as one f32 table, whatever its dtype (the reference also runs in f64
+/// for finite-difference checks).
 pub fn table_f32(t: &Tensor) -> Result<crate::trace::Rows> {
     let (rows, cols) = t.dims2()?;
     let data = t
