@@ -188,11 +188,13 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
 
 // ---------------------------------------------------------------------------------------------
 // `main_cached`: the same op and statistics in one read of the sources, for ops whose sources fit
-// in registers (n <= CN, d <= CE * CWG; the host picks it, and `main` above otherwise). Each
-// thread loads its CE elements of every source once, up front (n * CE loads in flight), and
-// scores, mixes and takes the shares from those registers: `main` reads every source three
-// times, and on a GPU that made the op a third of a GEMM's time per sublayer. Reductions over the
-// workgroup take CR values at once (CN dots, then Σh², Σh) in three barriers, not a log2 tree.
+// in registers (n <= CN, d % 4 == 0 and d <= 4 * CE * CWG; the host picks it, `main` otherwise).
+// Each thread loads its CE vec4s of every source once, up front (n * CE 16-byte loads in flight),
+// and scores, mixes and takes the shares from those registers.
+// On the H100 this op waits on memory latency, not bandwidth: one token's rows are few, so what
+// counts is how few dependent load rounds a workgroup makes. h is not written: nothing reads it.
+// Reductions over the workgroup take CR values at once (CN dots, then Σh², Σh) in three
+// barriers, not a log2 tree.
 
 // Rows of a cached reduction: one per source, plus Σh² and Σh.
 const CR: u32 = CN + 2u;
@@ -203,6 +205,13 @@ const_assert CR * (CWG / SEG) <= CWG;
 var<workgroup> cred: array<f32, CR * CWG>;
 var<workgroup> cseg: array<f32, CR * (CWG / SEG)>;
 var<workgroup> ctot: array<f32, CR>;
+
+// vec4 views of the bindings `main_cached` streams (rows of d % 4 == 0 floats).
+@group(0) @binding(1) var<storage, read> src4: array<vec4<f32>>;
+@group(0) @binding(3) var<storage, read> qg4: array<vec4<f32>>;
+@group(0) @binding(6) var<storage, read> gain4: array<vec4<f32>>;
+@group(0) @binding(7) var<storage, read> beta4: array<vec4<f32>>;
+@group(0) @binding(8) var<storage, read_write> x4: array<vec4<f32>>;
 
 // Every thread's `part` summed over the workgroup; every thread gets the totals back. Every
 // thread must call it (barriers); totals are copied out before the next call can overwrite them.
@@ -234,34 +243,42 @@ fn main_cached(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_i
     let lt = wg.x + wg.y * 65535u;
     if (lt >= p.tc) { return; }
     let t = p.t0 + lt;
-    // v[c * CE + e]: element lid + e * CWG of source c (0 past d or n).
-    var v: array<f32, CN * CE>;
+    let d4 = p.d / 4u;
+    // v[(c * CE + e) * 4 + k]: component k of vec4 lid + e * CWG of source c's row (0 past the
+    // row or past n). Scalar arrays, loaded through vec4s: lavapipe's LLVM takes minutes to
+    // compile arrays of vec4 that live across barriers.
+    var v: array<f32, CN * CE * 4>;
     var ms: array<f32, CN>;
     for (var c = 0u; c < CN; c++) {
         ms[c] = 1.0;
-        for (var e = 0u; e < CE; e++) { v[c * CE + e] = 0.0; }
+        for (var k = 0u; k < CE * 4u; k++) { v[c * CE * 4u + k] = 0.0; }
         if (c < p.n) {
             let slot = slots[p.list_off + c];
-            let base = (slot * p.tc + lt) * p.d;
+            let base = (slot * p.tc + lt) * d4;
             ms[c] = stats[p.ms_off + slot * p.t + t];
             for (var e = 0u; e < CE; e++) {
                 let j = lid + e * CWG;
-                if (j < p.d) { v[c * CE + e] = src[base + j]; }
+                if (j < d4) {
+                    let x = src4[base + j];
+                    let o = (c * CE + e) * 4u;
+                    v[o] = x.x; v[o + 1u] = x.y; v[o + 2u] = x.z; v[o + 3u] = x.w;
+                }
             }
         }
     }
     var w: array<f32, CN>;
     if (p.mode == 1u) {
-        var q: array<f32, CE>;
+        var q: array<f32, CE * 4>;
         for (var e = 0u; e < CE; e++) {
             let j = lid + e * CWG;
-            q[e] = 0.0;
-            if (j < p.d) { q[e] = qg[p.q_off + j]; }
+            var x = vec4<f32>(0.0);
+            if (j < d4) { x = qg4[p.q_off / 4u + j]; }
+            q[e * 4u] = x.x; q[e * 4u + 1u] = x.y; q[e * 4u + 2u] = x.z; q[e * 4u + 3u] = x.w;
         }
         var part: array<f32, CR>;
         for (var r = 0u; r < CR; r++) { part[r] = 0.0; }
         for (var c = 0u; c < CN; c++) {
-            for (var e = 0u; e < CE; e++) { part[c] = fma(v[c * CE + e], q[e], part[c]); }
+            for (var k = 0u; k < CE * 4u; k++) { part[c] = fma(v[c * CE * 4u + k], q[k], part[c]); }
         }
         let dots = cached_sums(lid, part);
         // Softmax over at most CN logits: every thread computes it (no barrier, no broadcast).
@@ -280,30 +297,25 @@ fn main_cached(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_i
         for (var c = 0u; c < CN; c++) { w[c] = select(0.0, 1.0, c < p.n); }
     }
     // h, in source order (the baseline's residual sum keeps the reference's summation order).
-    var hv: array<f32, CE>;
-    for (var e = 0u; e < CE; e++) { hv[e] = 0.0; }
+    var hv: array<f32, CE * 4>;
+    for (var k = 0u; k < CE * 4u; k++) { hv[k] = 0.0; }
     for (var c = 0u; c < CN; c++) {
         if (c < p.n) {
-            for (var e = 0u; e < CE; e++) {
+            for (var k = 0u; k < CE * 4u; k++) {
                 if (p.mode == 1u) {
-                    hv[e] = fma(w[c], v[c * CE + e], hv[e]);
+                    hv[k] = fma(w[c], v[c * CE * 4u + k], hv[k]);
                 } else {
-                    hv[e] += v[c * CE + e];
+                    hv[k] += v[c * CE * 4u + k];
                 }
             }
         }
     }
-    let hb = p.h_off + t * p.d;
     var part: array<f32, CR>;
     for (var r = 0u; r < CR; r++) { part[r] = 0.0; }
-    for (var e = 0u; e < CE; e++) {
-        let j = lid + e * CWG;
-        if (j < p.d) {
-            h[hb + j] = hv[e];
-            for (var c = 0u; c < CN; c++) { part[c] = fma(v[c * CE + e], hv[e], part[c]); }
-            part[CN] = fma(hv[e], hv[e], part[CN]);
-            part[CN + 1u] += hv[e];
-        }
+    for (var k = 0u; k < CE * 4u; k++) {
+        for (var c = 0u; c < CN; c++) { part[c] = fma(v[c * CE * 4u + k], hv[k], part[c]); }
+        part[CN] = fma(hv[k], hv[k], part[CN]);
+        part[CN + 1u] += hv[k];
     }
     let sums = cached_sums(lid, part);
     let hh = sums[CN];
@@ -315,17 +327,19 @@ fn main_cached(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_i
         var sq: array<f32, CR>;
         for (var r = 0u; r < CR; r++) { sq[r] = 0.0; }
         for (var e = 0u; e < CE; e++) {
-            let j = lid + e * CWG;
-            if (j < p.d) { let c = hv[e] - mean; sq[0] = fma(c, c, sq[0]); }
+            if (lid + e * CWG < d4) {
+                for (var k = 0u; k < 4u; k++) { let c = hv[e * 4u + k] - mean; sq[0] = fma(c, c, sq[0]); }
+            }
         }
         inv = 1.0 / sqrt(cached_sums(lid, sq)[0] / f32(p.d) + p.norm_eps);
     }
     for (var e = 0u; e < CE; e++) {
         let j = lid + e * CWG;
-        if (j < p.d) {
-            var y = (hv[e] - mean) * inv * gain[j];
-            if (p.norm_kind == 1u) { y += beta[j]; }
-            x[t * p.d + j] = y;
+        if (j < d4) {
+            let h4 = vec4<f32>(hv[e * 4u], hv[e * 4u + 1u], hv[e * 4u + 2u], hv[e * 4u + 3u]);
+            var y = (h4 - mean) * inv * gain4[j];
+            if (p.norm_kind == 1u) { y += beta4[j]; }
+            x4[t * d4 + j] = y;
         }
     }
     // Thread c writes source c's statistics (constant indices: the arrays stay in registers).

@@ -436,6 +436,12 @@ fn block_model_with_d_past_one_depth_pass_matches_the_reference() {
     block_model_matches_the_reference(1100, 11, 64, 61, 9);
 }
 
+/// Rows of d % 4 != 0 floats: the cached depth kernel reads vec4s, so these ops take `main`.
+#[test]
+fn block_model_with_rows_not_a_whole_number_of_vec4s_matches_the_reference() {
+    block_model_matches_the_reference(30, 3, 37, 41, 13);
+}
+
 fn block_model_matches_the_reference(d: usize, heads: usize, ffn: usize, vocab: usize, t: usize) {
     let v = serde_json::json!({
         "model_type": "attnres", "vocab_size": vocab, "hidden_size": d, "intermediate_size": ffn,

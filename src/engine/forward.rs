@@ -4,7 +4,7 @@
 use wgpu::util::DeviceExt;
 
 use super::kernels::{
-    AttentionKernel, KernelId, DEPTH_CACHED_DIM, DEPTH_CACHED_SOURCES, FLASH_MAX_HEAD_DIM,
+    depth_cached_kernel, AttentionKernel, KernelId, DEPTH_CACHED_DIM, FLASH_MAX_HEAD_DIM,
     FLASH_ROWS, MAX_SOURCES, TOP_K,
 };
 use super::matmul::{push_gemm, push_gemm_unreduced, Gemm};
@@ -1082,12 +1082,9 @@ fn depth_op(
     let qg = qg.unwrap_or(&r.model.dummy);
     let beta = norm.bias.as_ref().unwrap_or(&r.model.dummy);
     let b = r.b;
-    // One read of the sources when they fit in registers; three otherwise.
-    let kernel = if st.n <= DEPTH_CACHED_SOURCES && d <= DEPTH_CACHED_DIM {
-        KernelId::DepthCached
-    } else {
-        KernelId::Depth
-    };
+    // One read of the sources when they fit in registers (as vec4s); three otherwise.
+    let cached = depth_cached_kernel(st.n).filter(|_| d <= DEPTH_CACHED_DIM && d.is_multiple_of(4));
+    let kernel = cached.unwrap_or(KernelId::Depth);
     for sc in &b.sources {
         let params = [
             r.t,

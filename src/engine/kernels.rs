@@ -210,20 +210,38 @@ pub const ROW_WG: u32 = 256;
 pub const DEPTH_WG: u32 = 128;
 /// Most sources one depth op can attend over.
 pub const MAX_SOURCES: u32 = 512;
-/// `depth` `main_cached`: threads per token, elements per thread and sources held in registers.
-/// It serves ops with at most DEPTH_CACHED_SOURCES sources and d <= DEPTH_CACHED_DIM (every Block
-/// op of ~8 blocks, and the early ops of Full); `main` serves the rest.
+/// `depth` `main_cached`: threads per token, vec4s per thread, and the source counts it is built
+/// for. It serves ops with d % 4 == 0, d <= DEPTH_CACHED_DIM and at most the largest count
+/// (every Block op of ~8 blocks, and the early ops of Full); `main` serves the rest. Each op
+/// takes the smallest build that holds its sources: registers grow with the count, and fewer
+/// registers let more tokens' workgroups run at once. On the H100 the 12x768 Block model's ops
+/// took 0.45 ms built for 9 sources against 0.67 ms built for 12 (BENCHMARKS.md).
 pub const DEPTH_CACHED_WG: u32 = 256;
-pub const DEPTH_CACHED_ELEMS: u32 = 4;
-pub const DEPTH_CACHED_SOURCES: u32 = 12;
-pub const DEPTH_CACHED_DIM: u32 = DEPTH_CACHED_WG * DEPTH_CACHED_ELEMS;
-const DEPTH_CONSTS: &[(&str, u32)] = &[
-    ("WG", DEPTH_WG),
-    ("MAX_SOURCES", MAX_SOURCES),
-    ("CWG", DEPTH_CACHED_WG),
-    ("CE", DEPTH_CACHED_ELEMS),
-    ("CN", DEPTH_CACHED_SOURCES),
-];
+pub const DEPTH_CACHED_VEC4S: u32 = 1;
+pub const DEPTH_CACHED_SOURCES: [u32; 4] = [3, 6, 9, 12];
+pub const DEPTH_CACHED_DIM: u32 = 4 * DEPTH_CACHED_WG * DEPTH_CACHED_VEC4S;
+/// The depth kernels' constants, `main_cached` built for `$cn` sources (`main` ignores CN).
+macro_rules! depth_consts {
+    ($cn:expr) => {
+        &[
+            ("WG", DEPTH_WG),
+            ("MAX_SOURCES", MAX_SOURCES),
+            ("CWG", DEPTH_CACHED_WG),
+            ("CE", DEPTH_CACHED_VEC4S),
+            ("CN", DEPTH_CACHED_SOURCES[$cn]),
+        ]
+    };
+}
+/// The `main_cached` build that holds `n` sources, if one does.
+pub fn depth_cached_kernel(n: u32) -> Option<KernelId> {
+    use KernelId::*;
+    let builds = [DepthCached3, DepthCached6, DepthCached9, DepthCached12];
+    DEPTH_CACHED_SOURCES
+        .iter()
+        .zip(builds)
+        .find(|&(&cn, _)| n <= cn)
+        .map(|(_, id)| id)
+}
 /// Bindings of both depth entry points.
 const DEPTH_STORAGE: &[Access] = &[
     Read, Read, Read, ReadWrite, ReadWrite, Read, Read, ReadWrite,
@@ -509,12 +527,43 @@ pub const KERNELS: &[KernelSpec] = &[
         false,
         &[Read, Read, Read, ReadWrite],
     ),
-    spec("depth", DEPTH, "main", DEPTH_CONSTS, true, DEPTH_STORAGE),
     spec(
-        "depth_cached",
+        "depth",
+        DEPTH,
+        "main",
+        depth_consts!(3),
+        true,
+        DEPTH_STORAGE,
+    ),
+    spec(
+        "depth_cached_3",
         DEPTH,
         "main_cached",
-        DEPTH_CONSTS,
+        depth_consts!(0),
+        true,
+        DEPTH_STORAGE,
+    ),
+    spec(
+        "depth_cached_6",
+        DEPTH,
+        "main_cached",
+        depth_consts!(1),
+        true,
+        DEPTH_STORAGE,
+    ),
+    spec(
+        "depth_cached_9",
+        DEPTH,
+        "main_cached",
+        depth_consts!(2),
+        true,
+        DEPTH_STORAGE,
+    ),
+    spec(
+        "depth_cached_12",
+        DEPTH,
+        "main_cached",
+        depth_consts!(3),
         true,
         DEPTH_STORAGE,
     ),
@@ -655,7 +704,10 @@ pub enum KernelId {
     GeluErf,
     Embedding,
     Depth,
-    DepthCached,
+    DepthCached3,
+    DepthCached6,
+    DepthCached9,
+    DepthCached12,
     Head,
 }
 
@@ -738,5 +790,22 @@ impl Kernels {
 
     pub fn get(&self, id: KernelId) -> &Kernel {
         &self.kernels[id as usize]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_depth_op_takes_the_smallest_cached_build_that_holds_its_sources() {
+        let build = |n| depth_cached_kernel(n).map(|id| KERNELS[id as usize].name);
+        assert_eq!(build(1), Some("depth_cached_3"));
+        assert_eq!(build(3), Some("depth_cached_3"));
+        assert_eq!(build(4), Some("depth_cached_6"));
+        assert_eq!(build(9), Some("depth_cached_9"));
+        assert_eq!(build(10), Some("depth_cached_12"));
+        assert_eq!(build(12), Some("depth_cached_12"));
+        assert_eq!(build(13), None, "past the largest build: `main`");
     }
 }

@@ -76,8 +76,21 @@ impl Engine {
     pub fn new() -> Result<Self, Error> {
         let instance =
             wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
-        let backends = wgpu::Backends::from_env().unwrap_or(wgpu::Backends::all());
-        let mut adapters = pollster::block_on(instance.enumerate_adapters(backends));
+        // GL only when no Vulkan/Metal/DX12 adapter exists: it is the fallback (its adapters
+        // rank last), and enumerating it opens an EGL context that would go unused.
+        let (backends, mut adapters) = match wgpu::Backends::from_env() {
+            Some(b) => (b, pollster::block_on(instance.enumerate_adapters(b))),
+            None => {
+                let primary =
+                    pollster::block_on(instance.enumerate_adapters(wgpu::Backends::PRIMARY));
+                if primary.is_empty() {
+                    let b = wgpu::Backends::all();
+                    (b, pollster::block_on(instance.enumerate_adapters(b)))
+                } else {
+                    (wgpu::Backends::PRIMARY, primary)
+                }
+            }
+        };
         if let Ok(wanted) = std::env::var("WGPU_ADAPTER_NAME") {
             let wanted = wanted.to_lowercase();
             adapters.retain(|a| a.get_info().name.to_lowercase().contains(&wanted));
