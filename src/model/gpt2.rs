@@ -16,10 +16,10 @@ fn conv1d(l: &mut Loader, prefix: &str, inp: usize, out: usize) -> Result<(Tenso
 }
 
 fn rows(w: &Tensor, b: &Tensor, start: usize, len: usize) -> Result<Linear, Error> {
-    Ok(Linear {
-        weight: w.narrow(0, start, len)?.contiguous()?,
-        bias: Some(b.narrow(0, start, len)?.contiguous()?),
-    })
+    Ok(Linear::new(
+        w.narrow(0, start, len)?.contiguous()?,
+        Some(b.narrow(0, start, len)?.contiguous()?),
+    ))
 }
 
 pub fn load(cfg: &ModelConfig, l: &mut Loader) -> Result<Weights, Error> {
@@ -48,20 +48,11 @@ pub fn load(cfg: &ModelConfig, l: &mut Loader) -> Result<Weights, Error> {
             q: rows(&qkv_w, &qkv_b, 0, d)?,
             k: rows(&qkv_w, &qkv_b, d, d)?,
             v: rows(&qkv_w, &qkv_b, 2 * d, d)?,
-            o: Linear {
-                weight: o_w,
-                bias: Some(o_b),
-            },
+            o: Linear::new(o_w, Some(o_b)),
             mlp_norm: l.norm(&format!("{p}.ln_2"), d, true)?,
             mlp: Mlp::Gelu {
-                fc: Linear {
-                    weight: fc_w,
-                    bias: Some(fc_b),
-                },
-                proj: Linear {
-                    weight: pr_w,
-                    bias: Some(pr_b),
-                },
+                fc: Linear::new(fc_w, Some(fc_b)),
+                proj: Linear::new(pr_w, Some(pr_b)),
             },
             attn_res: None,
             mlp_res: None,

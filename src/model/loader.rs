@@ -135,14 +135,13 @@ impl<'a> Loader<'a> {
         inp: usize,
         bias: bool,
     ) -> Result<Linear, Error> {
-        Ok(Linear {
-            weight: self.tensor(&format!("{prefix}.weight"), &[out, inp])?,
-            bias: if bias {
-                Some(self.tensor(&format!("{prefix}.bias"), &[out])?)
-            } else {
-                None
-            },
-        })
+        let weight = self.tensor(&format!("{prefix}.weight"), &[out, inp])?;
+        let bias = if bias {
+            Some(self.tensor(&format!("{prefix}.bias"), &[out])?)
+        } else {
+            None
+        };
+        Ok(Linear::new(weight, bias))
     }
 
     pub fn norm(&mut self, prefix: &str, d: usize, bias: bool) -> Result<Norm, Error> {

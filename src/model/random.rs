@@ -84,14 +84,13 @@ pub fn random_weights(cfg: &ModelConfig, init: RandomInit, seed: u64) -> Result<
     let ws = init.weight_std;
     let gpt2 = cfg.family == Family::Gpt2;
     let lin = |rng: &mut Rng, out: usize, inp: usize, bias: bool| -> Result<Linear, Error> {
-        Ok(Linear {
-            weight: rng.tensor(&[out, inp], 0.0, ws / (inp as f64 / 64.0).sqrt().max(1.0))?,
-            bias: if bias {
-                Some(rng.tensor(&[out], 0.0, ws)?)
-            } else {
-                None
-            },
-        })
+        let weight = rng.tensor(&[out, inp], 0.0, ws / (inp as f64 / 64.0).sqrt().max(1.0))?;
+        let bias = if bias {
+            Some(rng.tensor(&[out], 0.0, ws)?)
+        } else {
+            None
+        };
+        Ok(Linear::new(weight, bias))
     };
     let norm = |rng: &mut Rng| -> Result<Norm, Error> {
         Ok(Norm {

@@ -1,12 +1,48 @@
 //! The weights of one model in the one layout every forward reads (f32, `[out, in]` linears).
 
-use candle_core::{Result, Tensor};
+use std::sync::{Arc, OnceLock};
+
+use candle_core::{Result, Tensor, TensorId};
 
 /// `y = x W^T + b` with `weight` stored `[out, in]`.
 #[derive(Debug, Clone)]
 pub struct Linear {
     pub weight: Tensor,
     pub bias: Option<Tensor>,
+    /// `weight` transposed to `[in, out]` and contiguous, made on first use by the CPU forward,
+    /// with the id of the tensor it came from. candle's CPU GEMM packs a transposed view with
+    /// strided gathers, which took a fifth of a CPU trace (3.4 against 8.4 ms for 2048 -> 768
+    /// at T=128). Shared by clones, since they share the weight.
+    transposed: Arc<OnceLock<(TensorId, Tensor)>>,
+}
+
+impl Linear {
+    pub fn new(weight: Tensor, bias: Option<Tensor>) -> Self {
+        Self {
+            weight,
+            bias,
+            transposed: Arc::default(),
+        }
+    }
+
+    /// `W^T` `[in, out]` for `x W^T`: the cached contiguous copy for weights that cannot change
+    /// in place, a view of `weight` for training variables (their values change every step and
+    /// gradients must reach them) or a weight replaced since the copy was made.
+    pub fn weight_t(&self) -> Result<Tensor> {
+        if self.weight.is_variable() {
+            return self.weight.t();
+        }
+        if let Some((id, t)) = self.transposed.get() {
+            return if *id == self.weight.id() {
+                Ok(t.clone())
+            } else {
+                self.weight.t()
+            };
+        }
+        let t = self.weight.t()?.contiguous()?;
+        let _ = self.transposed.set((self.weight.id(), t.clone()));
+        Ok(t)
+    }
 }
 
 /// RMSNorm (`bias == None`) or LayerNorm gain and bias, `[d]`.
@@ -84,10 +120,10 @@ impl Weights {
             g: ParamGroup,
             f: &mut impl FnMut(ParamGroup, &Tensor) -> Result<Tensor>,
         ) -> Result<Linear> {
-            Ok(Linear {
-                weight: f(g, &l.weight)?,
-                bias: l.bias.as_ref().map(|b| f(g, b)).transpose()?,
-            })
+            Ok(Linear::new(
+                f(g, &l.weight)?,
+                l.bias.as_ref().map(|b| f(g, b)).transpose()?,
+            ))
         }
         fn norm(
             n: &Norm,
@@ -182,5 +218,50 @@ impl Weights {
         } else {
             layer.mlp_res.as_ref()
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, Var};
+
+    fn values(t: &Tensor) -> Vec<Vec<f32>> {
+        t.to_vec2().unwrap()
+    }
+
+    #[test]
+    fn the_transposed_weight_is_w_transposed_and_follows_a_replaced_weight() {
+        let w = Tensor::new(&[[1f32, 2., 3.], [4., 5., 6.]], &Device::Cpu).unwrap();
+        let mut l = Linear::new(w.clone(), None);
+        let expected = values(&w.t().unwrap());
+        assert_eq!(values(&l.weight_t().unwrap()), expected);
+        assert_eq!(values(&l.weight_t().unwrap()), expected, "from the cache");
+        l.weight = (w * 2.0).unwrap();
+        assert_eq!(
+            values(&l.weight_t().unwrap())[0],
+            vec![2., 8.],
+            "not the stale copy"
+        );
+    }
+
+    #[test]
+    fn a_training_variable_is_never_cached_so_updates_and_gradients_reach_it() {
+        let var = Var::new(&[[1f32, 2.], [3., 4.]], &Device::Cpu).unwrap();
+        let l = Linear::new(var.as_tensor().clone(), None);
+        let _ = l.weight_t().unwrap();
+        var.set(&Tensor::new(&[[0f32, 0.], [0., 7.]], &Device::Cpu).unwrap())
+            .unwrap();
+        assert_eq!(
+            values(&l.weight_t().unwrap()),
+            vec![vec![0., 0.], vec![0., 7.]]
+        );
+        let y = Tensor::new(&[[1f32, 1.]], &Device::Cpu)
+            .unwrap()
+            .matmul(&l.weight_t().unwrap())
+            .unwrap()
+            .sum_all()
+            .unwrap();
+        assert!(y.backward().unwrap().get(var.as_tensor()).is_some());
     }
 }

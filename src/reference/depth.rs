@@ -28,8 +28,11 @@ pub struct DepthState {
 pub struct Mixed {
     /// `[T, d]` the op's input `h`.
     pub hidden: Tensor,
-    /// `[n, T]` weight of each source (ones for the residual sum).
+    /// `[T, n]` weight of each source (ones for the residual sum).
     pub alpha: Tensor,
+    /// AttnRes: the sources stacked `[T, n, d]` and their mean squares `[T, n]`, as the weights
+    /// were computed from them; the Trace statistics reuse both rather than stack again.
+    pub keys: Option<(Tensor, Tensor)>,
 }
 
 impl DepthState {
@@ -107,8 +110,12 @@ pub fn residual_sum(sources: &[&Tensor]) -> Result<Mixed> {
         hidden = (hidden + *s)?;
     }
     let t = hidden.dim(0)?;
-    let alpha = Tensor::ones((sources.len(), t), hidden.dtype(), hidden.device())?;
-    Ok(Mixed { hidden, alpha })
+    let alpha = Tensor::ones((t, sources.len()), hidden.dtype(), hidden.device())?;
+    Ok(Mixed {
+        hidden,
+        alpha,
+        keys: None,
+    })
 }
 
 /// ATTNRES.md: `alpha_i = softmax_i((w * g) . v_i / sqrt(mean(v_i^2) + eps))`, `h = sum_i alpha_i v_i`.
@@ -118,7 +125,8 @@ pub fn residual_sum(sources: &[&Tensor]) -> Result<Mixed> {
 pub fn depth_attention(sources: &[&Tensor], q: &DepthQuery, eps: f64) -> Result<Mixed> {
     let stacked = Tensor::stack(sources, 1)?; // [T, n, d]
     let (t, n, d) = stacked.dims3()?;
-    let key_rms = (stacked.sqr()?.mean(2)? + eps)?.sqrt()?; // [T, n]
+    let mean_sq = stacked.sqr()?.mean(2)?; // [T, n]
+    let key_rms = (&mean_sq + eps)?.sqrt()?;
     let folded = (&q.query * &q.key_gain)?.reshape((d, 1))?;
     let dots = stacked
         .reshape((t * n, d))?
@@ -128,6 +136,7 @@ pub fn depth_attention(sources: &[&Tensor], q: &DepthQuery, eps: f64) -> Result<
     let hidden = alpha.unsqueeze(1)?.matmul(&stacked)?.squeeze(1)?; // [T, 1, n] x [T, n, d]
     Ok(Mixed {
         hidden,
-        alpha: alpha.t()?,
+        alpha,
+        keys: Some((stacked, mean_sq)),
     })
 }

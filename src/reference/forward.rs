@@ -2,7 +2,7 @@
 
 use candle_core::Tensor;
 
-use super::depth::{DepthRule, DepthState};
+use super::depth::{DepthRule, DepthState, Mixed};
 use super::ops;
 use crate::model::{Activation, AttnResMode, Layer, Mlp, ModelConfig, Weights};
 use crate::progress::Progress;
@@ -42,25 +42,30 @@ struct InputStats {
     hidden_rms: Vec<f32>,
 }
 
-fn input_stats(
-    sources: &[&Tensor],
-    alpha: &Tensor,
-    hidden: &Tensor,
-) -> candle_core::Result<InputStats> {
-    let stacked = Tensor::stack(sources, 0)?.detach(); // [n, T, d]
-    let h = hidden.detach();
-    let alpha = alpha.detach();
-    let source_rms = ops::rms(&stacked)?; // [n, T]
-    let hh = h.sqr()?.sum(1)?; // [T]
-    let dots = stacked.broadcast_mul(&h.unsqueeze(0)?)?.sum(2)?; // [n, T]
-                                                                 // A zero input (an untrained or degenerate model) has no decomposition; report zeros, not NaN.
+fn input_stats(sources: &[&Tensor], mixed: &Mixed) -> candle_core::Result<InputStats> {
+    let (stacked, mean_sq) = match &mixed.keys {
+        Some((stacked, mean_sq)) => (stacked.detach(), mean_sq.detach()),
+        None => {
+            let stacked = Tensor::stack(sources, 1)?.detach(); // [T, n, d]
+            let mean_sq = stacked.sqr()?.mean(2)?;
+            (stacked, mean_sq)
+        }
+    };
+    let h = mixed.hidden.detach();
+    let alpha = mixed.alpha.detach(); // [T, n]
+    let hh = h.sqr()?.sum_keepdim(1)?; // [T, 1]
+                                       // <v_i, h>: [T, n], by candle's sum. A batched matmul here moved one share of the 260-token
+                                       // block:3 parity test to exactly the 1e-4 tolerance (shares cancel, so summation order shows).
+    let dots = stacked.broadcast_mul(&h.unsqueeze(1)?)?.sum(2)?;
+    // A zero input (an untrained or degenerate model) has no decomposition; report zeros, not NaN.
     let safe_hh = hh.maximum(f32::MIN_POSITIVE)?;
-    let shares = (dots * &alpha)?.broadcast_div(&safe_hh.unsqueeze(0)?)?;
+    let shares = (dots * &alpha)?.broadcast_div(&safe_hh)?;
+    let d = h.dim(1)? as f64;
     Ok(InputStats {
-        alpha: ops::table_f32(&alpha.t()?)?,
-        shares: ops::table_f32(&shares.t()?)?,
-        source_rms: ops::table_f32(&source_rms.t()?)?,
-        hidden_rms: ops::vec_f32(&ops::rms(&h)?)?,
+        alpha: ops::table_f32(&alpha)?,
+        shares: ops::table_f32(&shares)?,
+        source_rms: ops::table_f32(&mean_sq.sqrt()?)?,
+        hidden_rms: ops::vec_f32(&(hh / d)?.sqrt()?.squeeze(1)?)?,
     })
 }
 
@@ -189,7 +194,7 @@ fn forward_batch(
             .map(|(s, t)| (s.to_string(), t))
             .unzip();
         let stats = if record {
-            Some(input_stats(&sources, &mixed.alpha, &mixed.hidden)?)
+            Some(input_stats(&sources, &mixed)?)
         } else {
             None
         };
@@ -245,7 +250,7 @@ fn forward_batch(
         .map(|(s, t)| (s.to_string(), t))
         .unzip();
     let stats = if record {
-        Some(input_stats(&sources, &mixed.alpha, &mixed.hidden)?)
+        Some(input_stats(&sources, &mixed)?)
     } else {
         None
     };

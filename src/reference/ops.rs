@@ -7,7 +7,7 @@ use crate::model::{Linear, Norm, NormKind, Rope, RopeScaling};
 
 /// `x W^T + b`.
 pub fn linear(x: &Tensor, l: &Linear) -> Result<Tensor> {
-    let y = x.matmul(&l.weight.t()?)?;
+    let y = x.matmul(&l.weight_t()?)?;
     match &l.bias {
         Some(b) => y.broadcast_add(b),
         None => Ok(y),

@@ -135,10 +135,7 @@ pub fn init_weights(cfg: &ModelConfig, seed: u64) -> Result<Weights, Error> {
         })
     };
     let lin = |rng: &mut Rng, out: usize, inp: usize, s: f64| -> Result<Linear, Error> {
-        Ok(Linear {
-            weight: rng.tensor(&[out, inp], 0.0, s)?,
-            bias: None,
-        })
+        Ok(Linear::new(rng.tensor(&[out, inp], 0.0, s)?, None))
     };
     let embed = rng.tensor(&[cfg.vocab_size, d], 0.0, std)?;
     let (q_out, kv_out, ff) = (
