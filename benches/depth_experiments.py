@@ -1,4 +1,4 @@
-"""Where the depth kernel's ~30 us per op goes on the H100 (session 3 left this to run).
+"""Where the depth kernel's time goes on the H100, and which shape of `main_cached` is fastest.
 
 Writes variants of shaders/depth.wgsl (`empty` and `no-reductions` drop one part of `main_cached`,
 wrong results on purpose; the others change its shape), then times the shipped kernel against
