@@ -1070,6 +1070,7 @@ impl Engine {
 }
 
 /// The depth op of one sublayer (or the final one) and the PreNorm `norm` of its output into `x`.
+/// `list_off` is where the op's slots start in the slot lists, `slots` the slots themselves.
 fn depth_op(
     r: &mut Recorder,
     st: &OpStats,
