@@ -6,7 +6,7 @@ each by GPU timestamps with `depthlens bench --shader`, on the 12x768 Block mode
 and the 30x576 one at 64. Run from the repository root on the GPU machine, with .gl/ and
 .bench/depthlens carried (see BENCHMARKS.md), after unpacking .gl as benches/h100.sh does:
 
-    python3 benches/depth_experiments.py
+    python3 benches/depth_experiments.py [VARIANT ...]
 """
 
 import os
@@ -47,6 +47,14 @@ def variants():
     yield "no-reductions", "cached_sums returns its own part", replaced(
         SHIPPED, sums, sums + "\n    if (lid < 100000u) { return part; }"
     )
+    # AttnRes's own share: the same kernel summing its sources with weight 1, as a PreNorm
+    # residual stream does (Block's sources sum to that stream), with the same norm and Trace
+    # statistics; the report's "inference overhead" compares against that.
+    scoring = "    var w: array<f32, CN>;\n    if (p.mode == 1u) {"
+    cut = SHIPPED.index(CACHED_SECTION)
+    yield "residual-sum", "weights all 1: no scoring, no softmax", SHIPPED[:cut] + replaced(
+        SHIPPED[cut:], scoring, scoring.replace("1u", "7u")
+    )
     # The rest give the shipped results on the 12x768 and 30x576 Block models (n <= 9 there).
     yield "one-build-12", "every op on the build for 12 sources", with_consts(SHIPPED, CN=12)
     yield "one-build-9", "every op on the build for 9 sources", with_consts(SHIPPED, CN=9)
@@ -60,9 +68,13 @@ def variants():
 
 def main():
     binary = os.environ.get("DEPTHLENS", ".bench/depthlens")
+    # Variant names on the command line run only those (beside the shipped kernel).
+    wanted = set(sys.argv[1:])
     runs = [("shipped", "", None)]
     os.makedirs(".bench/depth-experiments", exist_ok=True)
     for name, what, text in variants():
+        if wanted and name not in wanted:
+            continue
         path = f".bench/depth-experiments/{name}/depth.wgsl"
         os.makedirs(os.path.dirname(path), exist_ok=True)
         with open(path, "w") as f:
