@@ -16,9 +16,6 @@ struct Params {
     ms_off: u32, alpha_off: u32, shares_off: u32, src_rms_off: u32,
     hidden_rms_off: u32, norm_kind: u32, norm_eps: f32, t0: u32,
     tc: u32, _p1: u32, _p2: u32, _p3: u32,
-    // main_cached's slots (slots[list_off ..] up to CN), here so that its row loads wait on no
-    // lookup: a uniform read, not a dependent storage load.
-    cached_slots: array<vec4<u32>, CACHED_SLOT_VEC4S>,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -193,7 +190,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
 // `main_cached`: the same op and statistics in one read of the sources, for ops whose sources fit
 // in registers (n <= CN, d % 4 == 0 and d <= 4 * CE * CWG; the host picks it, `main` otherwise).
 // Each thread loads its CE vec4s of every source once, up front (n * CE 16-byte loads in flight),
-// with the norm's gain, and scores, mixes and takes the shares from those registers.
+// and scores, mixes and takes the shares from those registers.
 // On the H100 this op waits on memory latency, not bandwidth: one token's rows are few, so what
 // counts is how few dependent load rounds a workgroup makes. h is not written: nothing reads it.
 // Reductions over the workgroup take CR values at once (CN dots, then Σh², Σh) in three
@@ -248,15 +245,15 @@ fn main_cached(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_i
     let t = p.t0 + lt;
     let d4 = p.d / 4u;
     // v[(c * CE + e) * 4 + k]: component k of vec4 lid + e * CWG of source c's row (0 past the
-    // row or past n). Scalar arrays, loaded through vec4s: lavapipe's LLVM takes minutes to
-    // compile arrays of vec4 that live across barriers.
+    // row or past n). Scalar arrays, loaded through vec4s: Mesa's LLVM backend took minutes to
+    // compile arrays of vec4 that live across barriers (seen on llvmpipe GL; lavapipe shares it).
     var v: array<f32, CN * CE * 4>;
     var ms: array<f32, CN>;
     for (var c = 0u; c < CN; c++) {
         ms[c] = 1.0;
         for (var k = 0u; k < CE * 4u; k++) { v[c * CE * 4u + k] = 0.0; }
         if (c < p.n) {
-            let slot = p.cached_slots[c / 4u][c % 4u];
+            let slot = slots[p.list_off + c];
             let base = (slot * p.tc + lt) * d4;
             ms[c] = stats[p.ms_off + slot * p.t + t];
             for (var e = 0u; e < CE; e++) {
@@ -268,20 +265,6 @@ fn main_cached(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_i
                 }
             }
         }
-    }
-    // The norm's gain and bias now, so that their loads overlap the sources'.
-    var g: array<f32, CE * 4>;
-    var beta_v: array<f32, CE * 4>;
-    for (var e = 0u; e < CE; e++) {
-        let j = lid + e * CWG;
-        var gj = vec4<f32>(0.0);
-        var bj = vec4<f32>(0.0);
-        if (j < d4) {
-            gj = gain4[j];
-            if (p.norm_kind == 1u) { bj = beta4[j]; }
-        }
-        g[e * 4u] = gj.x; g[e * 4u + 1u] = gj.y; g[e * 4u + 2u] = gj.z; g[e * 4u + 3u] = gj.w;
-        beta_v[e * 4u] = bj.x; beta_v[e * 4u + 1u] = bj.y; beta_v[e * 4u + 2u] = bj.z; beta_v[e * 4u + 3u] = bj.w;
     }
     var w: array<f32, CN>;
     if (p.mode == 1u) {
@@ -353,11 +336,10 @@ fn main_cached(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_i
     for (var e = 0u; e < CE; e++) {
         let j = lid + e * CWG;
         if (j < d4) {
-            let o = e * 4u;
-            let h4 = vec4<f32>(hv[o], hv[o + 1u], hv[o + 2u], hv[o + 3u]);
-            let g4 = vec4<f32>(g[o], g[o + 1u], g[o + 2u], g[o + 3u]);
-            let b4 = vec4<f32>(beta_v[o], beta_v[o + 1u], beta_v[o + 2u], beta_v[o + 3u]);
-            x4[t * d4 + j] = (h4 - mean) * inv * g4 + b4;
+            let h4 = vec4<f32>(hv[e * 4u], hv[e * 4u + 1u], hv[e * 4u + 2u], hv[e * 4u + 3u]);
+            var y = (h4 - mean) * inv * gain4[j];
+            if (p.norm_kind == 1u) { y += beta4[j]; }
+            x4[t * d4 + j] = y;
         }
     }
     // Thread c writes source c's statistics (constant indices: the arrays stay in registers).

@@ -4,8 +4,8 @@
 use wgpu::util::DeviceExt;
 
 use super::kernels::{
-    depth_cached_kernel, AttentionKernel, KernelId, DEPTH_CACHED_DIM, DEPTH_CACHED_MAX_SOURCES,
-    FLASH_MAX_HEAD_DIM, FLASH_ROWS, MAX_SOURCES, TOP_K,
+    depth_cached_kernel, AttentionKernel, KernelId, DEPTH_CACHED_DIM, FLASH_MAX_HEAD_DIM,
+    FLASH_ROWS, MAX_SOURCES, TOP_K,
 };
 use super::matmul::{push_gemm, push_gemm_unreduced, Gemm};
 use super::model::{GpuLinear, GpuMlp, GpuModel, GpuNorm};
@@ -689,11 +689,6 @@ impl Engine {
         }
 
         let eps = cfg.attnres.map(|a| a.eps).unwrap_or(0.0) as f32;
-        // Op l's offset in the slot lists, and its slots.
-        let op_slots = |l: usize| {
-            let at = list_offsets[l];
-            (at, &lists[at as usize..][..op_stats[l].n as usize])
-        };
         for (l, (st, sink)) in op_stats.iter().zip(&layout.sinks).enumerate() {
             let layer = &model.layers[l / 2];
             let qg = if l % 2 == 0 {
@@ -706,7 +701,7 @@ impl Engine {
             } else {
                 &layer.mlp_norm
             };
-            depth_op(&mut r, st, op_slots(l), qg, eps, norm);
+            depth_op(&mut r, st, list_offsets[l], qg, eps, norm);
             let y = if l % 2 == 0 {
                 r.attention(layer)
             } else {
@@ -753,7 +748,7 @@ impl Engine {
         depth_op(
             &mut r,
             fin,
-            op_slots(n_sub),
+            list_offsets[n_sub],
             model.final_qg.as_ref(),
             eps,
             &model.final_norm,
@@ -1070,11 +1065,11 @@ impl Engine {
 }
 
 /// The depth op of one sublayer (or the final one) and the PreNorm `norm` of its output into `x`.
-/// `list_off` is where the op's slots start in the slot lists, `slots` the slots themselves.
+/// `list_off` is where the op's slots start in the slot lists.
 fn depth_op(
     r: &mut Recorder,
     st: &OpStats,
-    (list_off, slots): (u32, &[u32]),
+    list_off: u32,
     qg: Option<&wgpu::Buffer>,
     eps: f32,
     norm: &GpuNorm,
@@ -1091,13 +1086,8 @@ fn depth_op(
     // One read of the sources when they fit in registers (as vec4s); three otherwise.
     let cached = depth_cached_kernel(st.n).filter(|_| d <= DEPTH_CACHED_DIM && d.is_multiple_of(4));
     let kernel = cached.unwrap_or(KernelId::Depth);
-    // main_cached reads its slots from the parameters (the rest of the list stays zero: unread).
-    let mut cached_slots = [0u32; DEPTH_CACHED_MAX_SOURCES as usize];
-    if cached.is_some() {
-        cached_slots[..slots.len()].copy_from_slice(slots);
-    }
     for sc in &b.sources {
-        let mut params = vec![
+        let params = [
             r.t,
             d,
             st.n,
@@ -1119,7 +1109,6 @@ fn depth_op(
             0,
             0,
         ];
-        params.extend_from_slice(&cached_slots);
         r.plan.push(
             kernel,
             &params,

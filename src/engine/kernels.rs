@@ -220,9 +220,6 @@ pub const DEPTH_CACHED_WG: u32 = 256;
 pub const DEPTH_CACHED_VEC4S: u32 = 1;
 pub const DEPTH_CACHED_SOURCES: [u32; 4] = [3, 6, 9, 12];
 pub const DEPTH_CACHED_DIM: u32 = 4 * DEPTH_CACHED_WG * DEPTH_CACHED_VEC4S;
-/// The largest build: its slots travel in the kernel's parameters, as whole vec4s.
-pub const DEPTH_CACHED_MAX_SOURCES: u32 = DEPTH_CACHED_SOURCES[DEPTH_CACHED_SOURCES.len() - 1];
-const _: () = assert!(DEPTH_CACHED_MAX_SOURCES.is_multiple_of(4));
 /// The depth kernels' constants, `main_cached` built for `$cn` sources (`main` ignores CN).
 macro_rules! depth_consts {
     ($cn:expr) => {
@@ -232,7 +229,6 @@ macro_rules! depth_consts {
             ("CWG", DEPTH_CACHED_WG),
             ("CE", DEPTH_CACHED_VEC4S),
             ("CN", DEPTH_CACHED_SOURCES[$cn]),
-            ("CACHED_SLOT_VEC4S", DEPTH_CACHED_MAX_SOURCES / 4),
         ]
     };
 }

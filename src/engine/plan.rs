@@ -56,7 +56,6 @@ impl Plan {
         buffers: &[&wgpu::Buffer],
         groups: [u32; 3],
     ) {
-        debug_assert!(params.len() * 4 <= super::kernels::PARAMS_BINDING_SIZE as usize);
         let offset = self.params.len();
         for w in params {
             self.params.extend_from_slice(&w.to_le_bytes());
