@@ -37,11 +37,16 @@ def with_consts(text, **consts):
     return decl + head + body
 
 
+def in_cached(old, new):
+    """The shipped file with `old` replaced by `new` in main_cached's section only."""
+    cut = SHIPPED.index(CACHED_SECTION)
+    return SHIPPED[:cut] + replaced(SHIPPED[cut:], old, new)
+
+
 def variants():
     early = "    if (lt >= p.tc) { return; }\n    let t = p.t0 + lt;\n    let d4"
-    cut = SHIPPED.index(CACHED_SECTION)
-    yield "empty", "main_cached returns at once: the dispatch floor", SHIPPED[:cut] + replaced(
-        SHIPPED[cut:], early, early.replace("p.tc", "p.tc || p.tc > 0u")
+    yield "empty", "main_cached returns at once: the dispatch floor", in_cached(
+        early, early.replace("p.tc", "p.tc || p.tc > 0u")
     )
     sums = "fn cached_sums(lid: u32, part: array<f32, CR>) -> array<f32, CR> {"
     yield "no-reductions", "cached_sums returns its own part", replaced(
@@ -51,9 +56,8 @@ def variants():
     # residual stream does (Block's sources sum to that stream), with the same norm and Trace
     # statistics; the report's "inference overhead" compares against that.
     scoring = "    var w: array<f32, CN>;\n    if (p.mode == 1u) {"
-    cut = SHIPPED.index(CACHED_SECTION)
-    yield "residual-sum", "weights all 1: no scoring, no softmax", SHIPPED[:cut] + replaced(
-        SHIPPED[cut:], scoring, scoring.replace("1u", "7u")
+    yield "residual-sum", "weights all 1: no scoring, no softmax", in_cached(
+        scoring, scoring.replace("1u", "7u")
     )
     # The rest give the shipped results on the 12x768 and 30x576 Block models (n <= 9 there).
     yield "one-build-12", "every op on the build for 12 sources", with_consts(SHIPPED, CN=12)
