@@ -48,6 +48,14 @@ pub struct BenchArgs {
     /// With --matmul: also time every GEMM kernel and split count, not only the chosen one.
     #[arg(long, requires = "matmul")]
     pub sweep: bool,
+    /// With --matmul: check each chosen GEMM's output on random operands against candle's CPU
+    /// matmul (a column of max error relative to max |C|), so that a `--shader` experiment that
+    /// is fast but wrong shows it.
+    #[arg(long, requires = "matmul")]
+    pub check: bool,
+    /// With --matmul: the side of the square GEMM timed first (4096: the target).
+    #[arg(long, default_value_t = 4096, requires = "matmul")]
+    pub square: usize,
     /// GEMM policy: workgroups that fill the GPU (smaller tiles, then split-K below it).
     #[arg(long)]
     pub gemm_fill: Option<u64>,
@@ -224,7 +232,8 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         };
         let d = cfg.hidden_size;
         let q = cfg.num_heads * cfg.head_dim;
-        let mut shapes = vec![(4096, 4096, 4096, "4096^3".to_string())];
+        let s = args.square;
+        let mut shapes = vec![(s, s, s, format!("{s}^3"))];
         for t in [64, 512] {
             shapes.extend([
                 (t, q, d, format!("q/o proj T={t}")),
@@ -233,7 +242,9 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
                 (t, cfg.vocab_size, d, format!("LM head T={t}")),
             ]);
         }
-        println!("\n| GEMM (M x K) x (N x K)^T | kernel | splits | ms | TFLOP/s |\n|---|---|---|---|---|");
+        let check_col = if args.check { " max rel err |" } else { "" };
+        let check_sep = if args.check { "---|" } else { "" };
+        println!("\n| GEMM (M x K) x (N x K)^T | kernel | splits | ms | TFLOP/s |{check_col}\n|---|---|---|---|---|{check_sep}");
         for (m, n, k, name) in &shapes {
             let (m, n, k) = (*m, *n, *k);
             let flop = 2.0 * (m * n * k) as f64;
@@ -248,8 +259,13 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
                 }
                 let ms = engine.time_matmul((m, n, k), Some(*c), 10, 5)?;
                 let mark = if i == 0 { " (chosen)" } else { "" };
+                let err = if args.check {
+                    format!(" {:.1e} |", gemm_error(engine, (m, n, k), *c)?)
+                } else {
+                    String::new()
+                };
                 println!(
-                    "| {name} ({m}x{k})x({n}x{k})^T | {}{mark} | {} | {ms:.4} | {:.2} |",
+                    "| {name} ({m}x{k})x({n}x{k})^T | {}{mark} | {} | {ms:.4} | {:.2} |{err}",
                     engine.kernel_name(c.kernel),
                     c.splits,
                     flop / (ms * 1e-3) / 1e12
@@ -499,3 +515,40 @@ const TILE_CANDIDATES: [NtTile; 9] = [
         tn: 4,
     },
 ];
+
+/// Largest `|C_gpu - C_cpu|` over the largest `|C_cpu|` for `A B^T` on random operands in
+/// [-1, 1), the GPU through `choice`, the CPU through candle.
+fn gemm_error(
+    engine: &Engine,
+    (m, n, k): (usize, usize, usize),
+    choice: GemmChoice,
+) -> anyhow::Result<f64> {
+    let mut state = 0x9e37_79b9_7f4a_7c15_u64 ^ (m * 31 + n * 17 + k) as u64;
+    let mut random = |len: usize| -> Vec<f32> {
+        (0..len)
+            .map(|_| {
+                // xorshift64*: reproducible operands without a dependency.
+                state ^= state >> 12;
+                state ^= state << 25;
+                state ^= state >> 27;
+                let bits = state.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 40;
+                bits as f32 / (1u64 << 23) as f32 - 1.0
+            })
+            .collect()
+    };
+    let (a, b) = (random(m * k), random(n * k));
+    let gpu = engine.matmul_nt(&a, &b, (m, n, k), Some(choice))?;
+    let cpu_device = candle_core::Device::Cpu;
+    let at = candle_core::Tensor::from_vec(a, (m, k), &cpu_device)?;
+    let bt = candle_core::Tensor::from_vec(b, (n, k), &cpu_device)?;
+    let cpu: Vec<f32> = at.matmul(&bt.t()?)?.flatten_all()?.to_vec1()?;
+    let scale = cpu
+        .iter()
+        .fold(0f32, |m, v| m.max(v.abs()))
+        .max(f32::MIN_POSITIVE);
+    let worst = gpu
+        .iter()
+        .zip(&cpu)
+        .fold(0f32, |m, (g, c)| m.max((g - c).abs()));
+    Ok(f64::from(worst / scale))
+}
