@@ -55,19 +55,19 @@ def variants():
     # AttnRes's own share: the same kernel summing its sources with weight 1, as a PreNorm
     # residual stream does (Block's sources sum to that stream), with the same norm and Trace
     # statistics; the report's "inference overhead" compares against that.
-    scoring = "    var w: array<f32, CN>;\n    if (p.mode == 1u) {"
-    yield "residual-sum", "weights all 1: no scoring, no softmax", in_cached(
-        scoring, scoring.replace("1u", "7u")
-    )
+    text = SHIPPED
+    for anchor in [
+        "        if (p.mode == 1u) {\n            var q",
+        "        if (p.mode == 1u) {\n            // Softmax",
+        "    if (p.mode != 1u) {\n        for (var c = 0u; c < CN; c++) { w[c] = select(",
+    ]:
+        cut = text.index(CACHED_SECTION)
+        text = text[:cut] + replaced(text[cut:], anchor, anchor.replace("1u", "7u", 1))
+    yield "residual-sum", "weights all 1: no scoring, no softmax", text
     # The rest give the shipped results on the 12x768 and 30x576 Block models (n <= 9 there).
     yield "one-build-12", "every op on the build for 12 sources", with_consts(SHIPPED, CN=12)
     yield "one-build-9", "every op on the build for 9 sources", with_consts(SHIPPED, CN=9)
     yield "wg128", "128 threads x 2 vec4s per token", with_consts(SHIPPED, CWG=128, CE=2)
-    # Session 4's kernel (scalar loads, 4 per thread; writes h), if put there from git:
-    # git show d29a2d6:shaders/depth.wgsl > .bench/depth_scalar_s4.wgsl
-    old = ".bench/depth_scalar_s4.wgsl"
-    if os.path.exists(old):
-        yield "scalar-s4", "session 4's kernel: scalar loads", with_consts(open(old).read(), CE=4)
 
 
 def main():

@@ -15,7 +15,11 @@ struct Params {
     list_off: u32, q_off: u32, h_off: u32, eps: f32,
     ms_off: u32, alpha_off: u32, shares_off: u32, src_rms_off: u32,
     hidden_rms_off: u32, norm_kind: u32, norm_eps: f32, t0: u32,
-    tc: u32, _p1: u32, _p2: u32, _p3: u32,
+    tc: u32, fused: u32, sink_slot: u32, sink_kind: u32,
+    y_rms_off: u32, partial_rms_off: u32, splits: u32, split_stride: u32,
+    has_bias: u32, _p1: u32, _p2: u32, _p3: u32,
+    // main_cached's source slots (`main` reads `slots[list_off ..]`): its own binding 2 is y.
+    cached_slots: array<vec4<u32>, CSLOT_VEC4S>,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -189,6 +193,13 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
 // ---------------------------------------------------------------------------------------------
 // `main_cached`: the same op and statistics in one read of the sources, for ops whose sources fit
 // in registers (n <= CN, d % 4 == 0 and d <= 4 * CE * CWG; the host picks it, `main` otherwise).
+// With p.fused = 1 it first does the previous sublayer's `sublayer_out` (norm.wgsl) for its
+// token: y (the sum of `splits` split-K partials in `yin`, plus the bias when has_bias) goes to
+// the sink slot, written (sink_kind 1) or added to the Block partial there (0), with rms(y) at
+// y_rms_off, the sink's mean square (its depth-key norm) and, for a partial, its RMS at
+// partial_rms_off. One dispatch per sublayer instead of two; y's squares ride on the first
+// workgroup reduction. Each thread writes the sink elements it then loads as a source, so what
+// it reads back is its own write (no barrier).
 // Each thread loads its CE vec4s of every source once, up front (n * CE 16-byte loads in flight),
 // and scores, mixes and takes the shares from those registers.
 // On the H100 this op waits on memory latency, not bandwidth: one token's rows are few, so what
@@ -197,7 +208,10 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
 // barriers, not a log2 tree.
 
 // Rows of a cached reduction: one per source, plus Σh² and Σh.
+// (The first reduction's last two rows carry Σy² and Σ(sink)² of the fused sublayer_out.)
 const CR: u32 = CN + 2u;
+const_assert CN <= 4u * CSLOT_VEC4S;
+const NO_OFFSET: u32 = 0xffffffffu;
 // Each thread of the second step sums SEG values, strided so that neighbours read neighbours.
 const SEG: u32 = 16u;
 const_assert CWG % SEG == 0u;
@@ -207,8 +221,10 @@ var<workgroup> cseg: array<f32, CR * (CWG / SEG)>;
 var<workgroup> ctot: array<f32, CR>;
 
 // vec4 views of the bindings `main_cached` streams (rows of d % 4 == 0 floats).
-@group(0) @binding(1) var<storage, read> src4: array<vec4<f32>>;
+@group(0) @binding(1) var<storage, read_write> src4: array<vec4<f32>>;
+@group(0) @binding(2) var<storage, read> yin4: array<vec4<f32>>;
 @group(0) @binding(3) var<storage, read> qg4: array<vec4<f32>>;
+@group(0) @binding(4) var<storage, read> bias4: array<vec4<f32>>;
 @group(0) @binding(6) var<storage, read> gain4: array<vec4<f32>>;
 @group(0) @binding(7) var<storage, read> beta4: array<vec4<f32>>;
 @group(0) @binding(8) var<storage, read_write> x4: array<vec4<f32>>;
@@ -244,16 +260,38 @@ fn main_cached(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_i
     if (lt >= p.tc) { return; }
     let t = p.t0 + lt;
     let d4 = p.d / 4u;
+    var sy = 0.0;
+    var sv = 0.0;
+    if (p.fused != 0u) {
+        let sink = (p.sink_slot * p.tc + lt) * d4;
+        for (var e = 0u; e < CE; e++) {
+            let j = lid + e * CWG;
+            if (j < d4) {
+                // The split-K partial sums in split order (deterministic), as sublayer_out.
+                var y = vec4<f32>(0.0);
+                for (var s = 0u; s < p.splits; s++) { y += yin4[(s * p.split_stride + t * p.d) / 4u + j]; }
+                if (p.has_bias != 0u) { y += bias4[j]; }
+                var v = y;
+                if (p.sink_kind == 0u) { v += src4[sink + j]; }
+                src4[sink + j] = v;
+                sy += dot(y, y);
+                sv += dot(v, v);
+            }
+        }
+    }
     // v[(c * CE + e) * 4 + k]: component k of vec4 lid + e * CWG of source c's row (0 past the
     // row or past n). Scalar arrays, loaded through vec4s: Mesa's LLVM backend took minutes to
     // compile arrays of vec4 that live across barriers (seen on llvmpipe GL; lavapipe shares it).
     var v: array<f32, CN * CE * 4>;
     var ms: array<f32, CN>;
+    // Which source is the fused sink (CN: none); its mean square comes from the reduction.
+    var sink_c = CN;
     for (var c = 0u; c < CN; c++) {
         ms[c] = 1.0;
         for (var k = 0u; k < CE * 4u; k++) { v[c * CE * 4u + k] = 0.0; }
         if (c < p.n) {
-            let slot = slots[p.list_off + c];
+            let slot = p.cached_slots[c / 4u][c % 4u];
+            if (p.fused != 0u && slot == p.sink_slot) { sink_c = c; }
             let base = (slot * p.tc + lt) * d4;
             ms[c] = stats[p.ms_off + slot * p.t + t];
             for (var e = 0u; e < CE; e++) {
@@ -267,33 +305,45 @@ fn main_cached(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_i
         }
     }
     var w: array<f32, CN>;
-    if (p.mode == 1u) {
-        var q: array<f32, CE * 4>;
-        for (var e = 0u; e < CE; e++) {
-            let j = lid + e * CWG;
-            var x = vec4<f32>(0.0);
-            if (j < d4) { x = qg4[p.q_off / 4u + j]; }
-            q[e * 4u] = x.x; q[e * 4u + 1u] = x.y; q[e * 4u + 2u] = x.z; q[e * 4u + 3u] = x.w;
-        }
+    var ms_y = 0.0;
+    var ms_sink = 0.0;
+    if (p.mode == 1u || p.fused != 0u) {
         var part: array<f32, CR>;
         for (var r = 0u; r < CR; r++) { part[r] = 0.0; }
-        for (var c = 0u; c < CN; c++) {
-            for (var k = 0u; k < CE * 4u; k++) { part[c] = fma(v[c * CE * 4u + k], q[k], part[c]); }
+        if (p.mode == 1u) {
+            var q: array<f32, CE * 4>;
+            for (var e = 0u; e < CE; e++) {
+                let j = lid + e * CWG;
+                var x = vec4<f32>(0.0);
+                if (j < d4) { x = qg4[p.q_off / 4u + j]; }
+                q[e * 4u] = x.x; q[e * 4u + 1u] = x.y; q[e * 4u + 2u] = x.z; q[e * 4u + 3u] = x.w;
+            }
+            for (var c = 0u; c < CN; c++) {
+                for (var k = 0u; k < CE * 4u; k++) { part[c] = fma(v[c * CE * 4u + k], q[k], part[c]); }
+            }
         }
+        part[CN] = sy;
+        part[CN + 1u] = sv;
         let dots = cached_sums(lid, part);
-        // Softmax over at most CN logits: every thread computes it (no barrier, no broadcast).
-        var m = -3.0e38;
-        for (var c = 0u; c < CN; c++) {
-            w[c] = dots[c] / sqrt(ms[c] + p.eps);
-            if (c < p.n) { m = max(m, w[c]); }
+        ms_y = dots[CN] / f32(p.d);
+        ms_sink = dots[CN + 1u] / f32(p.d);
+        for (var c = 0u; c < CN; c++) { if (c == sink_c) { ms[c] = ms_sink; } }
+        if (p.mode == 1u) {
+            // Softmax over at most CN logits: every thread computes it (no barrier, no broadcast).
+            var m = -3.0e38;
+            for (var c = 0u; c < CN; c++) {
+                w[c] = dots[c] / sqrt(ms[c] + p.eps);
+                if (c < p.n) { m = max(m, w[c]); }
+            }
+            var sum = 0.0;
+            for (var c = 0u; c < CN; c++) {
+                w[c] = select(0.0, exp(w[c] - m), c < p.n);
+                sum += w[c];
+            }
+            for (var c = 0u; c < CN; c++) { w[c] = w[c] / sum; }
         }
-        var sum = 0.0;
-        for (var c = 0u; c < CN; c++) {
-            w[c] = select(0.0, exp(w[c] - m), c < p.n);
-            sum += w[c];
-        }
-        for (var c = 0u; c < CN; c++) { w[c] = w[c] / sum; }
-    } else {
+    }
+    if (p.mode != 1u) {
         for (var c = 0u; c < CN; c++) { w[c] = select(0.0, 1.0, c < p.n); }
     }
     // h, in source order (the baseline's residual sum keeps the reference's summation order).
@@ -351,5 +401,12 @@ fn main_cached(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_i
             stats[p.src_rms_off + row] = sqrt(ms[c]);
         }
     }
-    if (lid == 0u) { stats[p.hidden_rms_off + t] = sqrt(hh / f32(p.d)); }
+    if (lid == 0u) {
+        stats[p.hidden_rms_off + t] = sqrt(hh / f32(p.d));
+        if (p.fused != 0u) {
+            stats[p.y_rms_off + t] = sqrt(ms_y);
+            stats[p.ms_off + p.sink_slot * p.t + t] = ms_sink;
+            if (p.partial_rms_off != NO_OFFSET) { stats[p.partial_rms_off + t] = sqrt(ms_sink); }
+        }
+    }
 }

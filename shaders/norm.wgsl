@@ -5,6 +5,8 @@
 //              out[r] = y[r] (kind 1: its own slot, or a Block's first sublayer) or out[r] + y[r]
 //              (kind 0: added to the Block partial); stats[y_rms_off + r] = rms(y[r]),
 //              stats[ms_off + r] = mean(out[r]^2) (its depth-key norm), stats[rms_off + r] = rms
+//              (Only before a depth op that runs `main`: depth.wgsl's `main_cached` does the
+//              same work for its token inside its own dispatch.)
 // Offsets are in elements; ms/rms outputs are skipped when their offset is NONE. sublayer_out
 // reads y from row x_off / d on (its rows are one token chunk of the depth sources).
 

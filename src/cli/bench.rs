@@ -401,7 +401,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
             .map(|k| k.nanoseconds)
             .sum();
         println!(
-            "depth ops (the AttnRes / residual mixing kernel): {:.2}% of GPU time",
+            "depth ops (the AttnRes / residual mixing kernel; `depth_cached_*` also places the previous sublayer's output, sublayer_out's work): {:.2}% of GPU time",
             100.0 * depth / total
         );
     }

@@ -4,8 +4,8 @@
 use wgpu::util::DeviceExt;
 
 use super::kernels::{
-    depth_cached_kernel, AttentionKernel, KernelId, DEPTH_CACHED_DIM, FLASH_MAX_HEAD_DIM,
-    FLASH_ROWS, MAX_SOURCES, TOP_K,
+    depth_cached_kernel, AttentionKernel, KernelId, DEPTH_CACHED_DIM, DEPTH_CACHED_SLOT_VEC4S,
+    FLASH_MAX_HEAD_DIM, FLASH_ROWS, MAX_SOURCES, TOP_K,
 };
 use super::matmul::{push_gemm, push_gemm_unreduced, Gemm};
 use super::model::{GpuLinear, GpuMlp, GpuModel, GpuNorm};
@@ -190,11 +190,26 @@ struct PendingOutput {
     bias: Option<wgpu::Buffer>,
 }
 
+/// A sublayer output on its way to its sink slot, with where its statistics go: placed by the
+/// next depth op when that op runs `main_cached` (fused), else by `sublayer_out` before it.
+struct PendingSink {
+    y: PendingOutput,
+    slot: u32,
+    /// 1: the slot takes y; 0: y is added to the Block partial already there.
+    kind: u32,
+    /// RMS of y (the op's output RMS), and of the partial after it (Block; NONE otherwise).
+    output_rms: u32,
+    partial_rms: u32,
+}
+
 struct Recorder<'a> {
     plan: Plan,
     policy: &'a super::kernels::GemmPolicy,
     model: &'a GpuModel,
     b: &'a Buffers,
+    /// The depth ops' slot lists (`b.slot_lists` on the host): `main_cached` takes its slots in
+    /// its parameters.
+    slot_lists: &'a [u32],
     t: u32,
     /// Heads whose `T x T` scores one pass holds (all, unless the binding limit splits them).
     heads_per_pass: u32,
@@ -667,6 +682,7 @@ impl Engine {
             policy: &self.gemm_policy,
             model,
             b: &b,
+            slot_lists: &lists,
             t,
             heads_per_pass,
             fused_attention,
@@ -689,6 +705,7 @@ impl Engine {
         }
 
         let eps = cfg.attnres.map(|a| a.eps).unwrap_or(0.0) as f32;
+        let mut pending: Option<PendingSink> = None;
         for (l, (st, sink)) in op_stats.iter().zip(&layout.sinks).enumerate() {
             let layer = &model.layers[l / 2];
             let qg = if l % 2 == 0 {
@@ -701,7 +718,7 @@ impl Engine {
             } else {
                 &layer.mlp_norm
             };
-            depth_op(&mut r, st, list_offsets[l], qg, eps, norm);
+            depth_op(&mut r, st, list_offsets[l], qg, eps, norm, pending.take());
             let y = if l % 2 == 0 {
                 r.attention(layer)
             } else {
@@ -713,34 +730,13 @@ impl Engine {
                 Sink::StartPartial(s) => (s, 1, st.partial_rms),
                 Sink::AddToPartial(s) => (s, 0, st.partial_rms),
             };
-            let input = if y.splits > 1 { &b.partials } else { &b.y };
-            let bias = y.bias.as_ref().unwrap_or(&model.dummy);
-            for sc in &b.sources {
-                let params = [
-                    sc.tc,
-                    d,
-                    sc.t0 * d,
-                    slot * sc.tc * d,
-                    kind,
-                    0,
-                    slot * t + sc.t0,
-                    if partial_rms == NONE {
-                        NONE
-                    } else {
-                        partial_rms + sc.t0
-                    },
-                    st.output_rms + sc.t0,
-                    y.splits,
-                    t * d,
-                    u32::from(y.bias.is_some()),
-                ];
-                r.plan.push(
-                    KernelId::SublayerOut,
-                    &params,
-                    &[input, bias, &model.dummy, &sc.buffer, &b.stats],
-                    row_groups(sc.tc),
-                );
-            }
+            pending = Some(PendingSink {
+                y,
+                slot,
+                kind,
+                output_rms: st.output_rms,
+                partial_rms,
+            });
         }
         // Final op: aggregation (or residual sum), final norm, head, top-k and loss.
         let n_sub = cfg.num_sublayers();
@@ -752,6 +748,7 @@ impl Engine {
             model.final_qg.as_ref(),
             eps,
             &model.final_norm,
+            pending.take(),
         );
         r.row_stats(&b.x, 0, t, NONE, fin.output_rms);
         // The LM head and its statistics over positions in passes of `logit_rows`, so that the
@@ -1064,8 +1061,44 @@ impl Engine {
     }
 }
 
+/// `sublayer_out`: the pending sublayer output into its sink slot, with its statistics.
+fn place_output(r: &mut Recorder, out: &PendingSink) {
+    let d = r.model.cfg.hidden_size as u32;
+    let t = r.t;
+    let b = r.b;
+    let input = if out.y.splits > 1 { &b.partials } else { &b.y };
+    let bias = out.y.bias.as_ref().unwrap_or(&r.model.dummy);
+    for sc in &b.sources {
+        let params = [
+            sc.tc,
+            d,
+            sc.t0 * d,
+            out.slot * sc.tc * d,
+            out.kind,
+            0,
+            out.slot * t + sc.t0,
+            if out.partial_rms == NONE {
+                NONE
+            } else {
+                out.partial_rms + sc.t0
+            },
+            out.output_rms + sc.t0,
+            out.y.splits,
+            t * d,
+            u32::from(out.y.bias.is_some()),
+        ];
+        r.plan.push(
+            KernelId::SublayerOut,
+            &params,
+            &[input, bias, &r.model.dummy, &sc.buffer, &b.stats],
+            row_groups(sc.tc),
+        );
+    }
+}
+
 /// The depth op of one sublayer (or the final one) and the PreNorm `norm` of its output into `x`.
-/// `list_off` is where the op's slots start in the slot lists.
+/// `list_off` is where the op's slots start in the slot lists. `pending`, the previous sublayer's
+/// output, is placed first: inside the op's own dispatch when it runs `main_cached`.
 fn depth_op(
     r: &mut Recorder,
     st: &OpStats,
@@ -1073,6 +1106,7 @@ fn depth_op(
     qg: Option<&wgpu::Buffer>,
     eps: f32,
     norm: &GpuNorm,
+    pending: Option<PendingSink>,
 ) {
     let d = r.model.cfg.hidden_size as u32;
     let mode = u32::from(qg.is_some());
@@ -1085,9 +1119,25 @@ fn depth_op(
     let b = r.b;
     // One read of the sources when they fit in registers (as vec4s); three otherwise.
     let cached = depth_cached_kernel(st.n).filter(|_| d <= DEPTH_CACHED_DIM && d.is_multiple_of(4));
-    let kernel = cached.unwrap_or(KernelId::Depth);
+    if cached.is_none() {
+        if let Some(out) = &pending {
+            place_output(r, out);
+        }
+    }
+    let fused = pending.as_ref().filter(|_| cached.is_some());
+    let mut slots = [0u32; 4 * DEPTH_CACHED_SLOT_VEC4S as usize];
+    if cached.is_some() {
+        let lists = &r.slot_lists[list_off as usize..(list_off + st.n) as usize];
+        slots[..lists.len()].copy_from_slice(lists);
+    }
+    let dummy = &r.model.dummy;
+    let (yin, bias) = match fused {
+        Some(out) if out.y.splits > 1 => (&b.partials, out.y.bias.as_ref().unwrap_or(dummy)),
+        Some(out) => (&b.y, out.y.bias.as_ref().unwrap_or(dummy)),
+        None => (dummy, dummy),
+    };
     for sc in &b.sources {
-        let params = [
+        let mut params = vec![
             r.t,
             d,
             st.n,
@@ -1105,14 +1155,32 @@ fn depth_op(
             (norm_eps as f32).to_bits(),
             sc.t0,
             sc.tc,
+            u32::from(fused.is_some()),
+            fused.map_or(0, |o| o.slot),
+            fused.map_or(0, |o| o.kind),
+            fused.map_or(NONE, |o| o.output_rms),
+            fused.map_or(NONE, |o| o.partial_rms),
+            fused.map_or(1, |o| o.y.splits),
+            r.t * d,
+            u32::from(fused.is_some_and(|o| o.y.bias.is_some())),
             0,
             0,
             0,
         ];
-        r.plan.push(
-            kernel,
-            &params,
-            &[
+        params.extend_from_slice(&slots);
+        let buffers: [&wgpu::Buffer; 8] = if cached.is_some() {
+            [
+                &sc.buffer,
+                yin,
+                qg,
+                bias,
+                &b.stats,
+                &norm.weight,
+                beta,
+                &b.x,
+            ]
+        } else {
+            [
                 &sc.buffer,
                 &b.slot_lists,
                 qg,
@@ -1121,7 +1189,12 @@ fn depth_op(
                 &norm.weight,
                 beta,
                 &b.x,
-            ],
+            ]
+        };
+        r.plan.push(
+            cached.unwrap_or(KernelId::Depth),
+            &params,
+            &buffers,
             row_groups(sc.tc),
         );
     }

@@ -219,6 +219,8 @@ pub const MAX_SOURCES: u32 = 512;
 pub const DEPTH_CACHED_WG: u32 = 256;
 pub const DEPTH_CACHED_VEC4S: u32 = 1;
 pub const DEPTH_CACHED_SOURCES: [u32; 4] = [3, 6, 9, 12];
+/// `main_cached` takes its slots in its parameters: vec4s of them, for the largest build.
+pub const DEPTH_CACHED_SLOT_VEC4S: u32 = DEPTH_CACHED_SOURCES[3].div_ceil(4);
 pub const DEPTH_CACHED_DIM: u32 = 4 * DEPTH_CACHED_WG * DEPTH_CACHED_VEC4S;
 /// The depth kernels' constants, `main_cached` built for `$cn` sources (`main` ignores CN).
 macro_rules! depth_consts {
@@ -229,6 +231,7 @@ macro_rules! depth_consts {
             ("CWG", DEPTH_CACHED_WG),
             ("CE", DEPTH_CACHED_VEC4S),
             ("CN", DEPTH_CACHED_SOURCES[$cn]),
+            ("CSLOT_VEC4S", DEPTH_CACHED_SLOT_VEC4S),
         ]
     };
 }
@@ -242,9 +245,15 @@ pub fn depth_cached_kernel(n: u32) -> Option<KernelId> {
         .find(|&(&cn, _)| n <= cn)
         .map(|(_, id)| id)
 }
-/// Bindings of both depth entry points.
+/// Bindings of `depth` `main`: sources, slot lists, qg, h, stats, gain, beta, x.
 const DEPTH_STORAGE: &[Access] = &[
     Read, Read, Read, ReadWrite, ReadWrite, Read, Read, ReadWrite,
+];
+/// Bindings of `main_cached`: sources (it writes the fused sublayer output there), y, qg, the
+/// output projection's bias, stats, gain, beta, x. Eight, like `main`: the slots travel in the
+/// parameters.
+const DEPTH_CACHED_STORAGE: &[Access] = &[
+    ReadWrite, Read, Read, Read, ReadWrite, Read, Read, ReadWrite,
 ];
 /// `flash_attention`: queries per workgroup, keys per block, largest head dimension, threads per
 /// query row. 15.4 KB of workgroup memory: inside WebGPU's default 16 KB, so it also runs on a
@@ -541,7 +550,7 @@ pub const KERNELS: &[KernelSpec] = &[
         "main_cached",
         depth_consts!(0),
         true,
-        DEPTH_STORAGE,
+        DEPTH_CACHED_STORAGE,
     ),
     spec(
         "depth_cached_6",
@@ -549,7 +558,7 @@ pub const KERNELS: &[KernelSpec] = &[
         "main_cached",
         depth_consts!(1),
         true,
-        DEPTH_STORAGE,
+        DEPTH_CACHED_STORAGE,
     ),
     spec(
         "depth_cached_9",
@@ -557,7 +566,7 @@ pub const KERNELS: &[KernelSpec] = &[
         "main_cached",
         depth_consts!(2),
         true,
-        DEPTH_STORAGE,
+        DEPTH_CACHED_STORAGE,
     ),
     spec(
         "depth_cached_12",
@@ -565,7 +574,7 @@ pub const KERNELS: &[KernelSpec] = &[
         "main_cached",
         depth_consts!(3),
         true,
-        DEPTH_STORAGE,
+        DEPTH_CACHED_STORAGE,
     ),
     spec(
         "head",
