@@ -17,6 +17,7 @@ use crate::engine::{Engine, GpuTraceOptions};
 use crate::model::random::{random_weights, RandomInit};
 use crate::model::{Checkpoint, ModelConfig, TextTokenizer, Weights};
 use crate::progress::Silent;
+use crate::reference::phases::{self, PhaseTime};
 use crate::reference::{self, TraceOptions};
 
 use super::trace::DeviceChoice;
@@ -42,6 +43,10 @@ pub struct BenchArgs {
     /// Per-kernel GPU timestamps for this prompt length.
     #[arg(long)]
     pub profile: Option<usize>,
+    /// With --device cpu: wall time per phase of the reference forward (projections, attention,
+    /// depth mix, Trace statistics, ...), averaged over the timed runs of each length.
+    #[arg(long)]
+    pub phases: bool,
     /// Time the GEMM kernel alone: 4096^3 and the model's own shapes at 512 tokens.
     #[arg(long)]
     pub matmul: bool,
@@ -306,6 +311,8 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         None => None,
     };
     println!("\n| tokens | ms / forward + Trace (median of {}) | tokens/s | TFLOP/s | GB/s | encode / wait / assemble ms |\n|---|---|---|---|---|---|", args.iters);
+    let mut cpu_phases: Vec<PhaseTime> = Vec::new();
+    let mut phase_tables = Vec::new();
     for &t in &args.tokens {
         if t > cfg.max_positions {
             println!(
@@ -316,7 +323,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         }
         let ids = ids_for(t);
         let mut times = Vec::new();
-        let mut phases = [Vec::new(), Vec::new(), Vec::new()];
+        let mut host_phases = [Vec::new(), Vec::new(), Vec::new()];
         for i in 0..args.warmup + args.iters {
             let started = Instant::now();
             match (&engine, &gpu_model) {
@@ -328,12 +335,16 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
                         GpuTraceOptions::default(),
                     )?;
                     if i >= args.warmup {
-                        phases[0].push(p.encode_ms);
-                        phases[1].push(p.wait_ms);
-                        phases[2].push(p.assemble_ms);
+                        host_phases[0].push(p.encode_ms);
+                        host_phases[1].push(p.wait_ms);
+                        host_phases[2].push(p.assemble_ms);
                     }
                 }
                 _ => {
+                    let collect = args.phases && i >= args.warmup;
+                    if collect {
+                        phases::start();
+                    }
                     reference::trace_tokens(
                         &cfg,
                         &weights,
@@ -342,15 +353,25 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
                         TraceOptions::default(),
                         &Silent,
                     )?;
+                    if collect {
+                        add_phases(&mut cpu_phases, phases::take());
+                    }
                 }
             }
             if i >= args.warmup {
                 times.push(started.elapsed().as_secs_f64() * 1e3);
             }
         }
+        if args.phases && engine.is_none() {
+            phase_tables.push((
+                t,
+                times.iter().sum::<f64>(),
+                std::mem::take(&mut cpu_phases),
+            ));
+        }
         let ms = median(times);
         let host = if engine.is_some() {
-            let [e, w, a] = phases.map(median);
+            let [e, w, a] = host_phases.map(median);
             format!("{e:.2} / {w:.2} / {a:.2}")
         } else {
             String::new()
@@ -360,6 +381,34 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
             t as f64 / (ms * 1e-3),
             forward_flops(&cfg, t) / (ms * 1e-3) / 1e12,
             forward_bytes(params, &cfg, t) / (ms * 1e-3) / 1e9
+        );
+    }
+    if args.phases && engine.is_some() {
+        println!("\n(--phases times the CPU reference: use --device cpu)");
+    }
+    let runs = args.iters.max(1) as f64;
+    for (t, total_ms, times) in &phase_tables {
+        let per_run = total_ms / runs;
+        println!(
+            "\nCPU reference at T={t}, wall time per phase (mean of {} runs, {per_run:.2} ms each):",
+            args.iters
+        );
+        println!("| phase | calls per run | ms per run | share |\n|---|---|---|---|");
+        let mut covered = 0.0;
+        for p in times {
+            let ms = p.total.as_secs_f64() * 1e3 / runs;
+            covered += ms;
+            println!(
+                "| {} | {} | {ms:.2} | {:.1}% |",
+                p.phase,
+                p.calls as f64 / runs,
+                100.0 * ms / per_run
+            );
+        }
+        let rest = per_run - covered;
+        println!(
+            "| rest (embedding, masks and RoPE tables, assembling the Trace) | | {rest:.2} | {:.1}% |",
+            100.0 * rest / per_run
         );
     }
     if let (Some(t), Some(e), Some(m)) = (args.profile, &engine, &gpu_model) {
@@ -551,4 +600,17 @@ fn gemm_error(
         .zip(&cpu)
         .fold(0f32, |m, (g, c)| m.max((g - c).abs()));
     Ok(f64::from(worst / scale))
+}
+
+/// `more` added into `into`, phase by phase.
+fn add_phases(into: &mut Vec<PhaseTime>, more: Vec<PhaseTime>) {
+    for p in more {
+        match into.iter_mut().find(|q| q.phase == p.phase) {
+            Some(q) => {
+                q.total += p.total;
+                q.calls += p.calls;
+            }
+            None => into.push(p),
+        }
+    }
 }

@@ -4,6 +4,7 @@ use candle_core::Tensor;
 
 use super::depth::{DepthRule, DepthState, Mixed};
 use super::ops;
+use super::phases::{timed, Span};
 use crate::model::{Activation, AttnResMode, Layer, Mlp, ModelConfig, Weights};
 use crate::progress::Progress;
 use crate::trace::{DepthOp, Mixing, OpKind, Rows};
@@ -82,29 +83,54 @@ fn attention_sublayer(ctx: &Context, layer: &Layer, x: &Tensor) -> candle_core::
     let cfg = ctx.cfg;
     let hd = cfg.head_dim;
     let b = ctx.batch;
-    let mut q = ops::split_heads(&ops::linear(x, &layer.q)?, b, cfg.num_heads, hd)?;
-    let mut k = ops::split_heads(&ops::linear(x, &layer.k)?, b, cfg.num_kv_heads, hd)?;
-    let v = ops::split_heads(&ops::linear(x, &layer.v)?, b, cfg.num_kv_heads, hd)?;
+    let (mut q, mut k, v) = {
+        let _phase = Span::start("attention: q, k, v projections");
+        (
+            ops::split_heads(&ops::linear(x, &layer.q)?, b, cfg.num_heads, hd)?,
+            ops::split_heads(&ops::linear(x, &layer.k)?, b, cfg.num_kv_heads, hd)?,
+            ops::split_heads(&ops::linear(x, &layer.v)?, b, cfg.num_kv_heads, hd)?,
+        )
+    };
     if let Some((cos, sin)) = &ctx.rope {
+        let _phase = Span::start("attention: RoPE");
         q = ops::apply_rope(&q, cos, sin)?;
         k = ops::apply_rope(&k, cos, sin)?;
     }
-    let mixed = ops::causal_attention(&q, &k, &v, &ctx.mask)?;
+    let mixed = {
+        let _phase = Span::start("attention: scores, softmax, P V");
+        ops::causal_attention(&q, &k, &v, &ctx.mask)?
+    };
+    let _phase = Span::start("attention: output projection");
     ops::linear(&mixed, &layer.o)
 }
 
 fn mlp_sublayer(cfg: &ModelConfig, layer: &Layer, x: &Tensor) -> candle_core::Result<Tensor> {
     match &layer.mlp {
         Mlp::SwiGlu { gate, up, down } => {
-            let g = ops::linear(x, gate)?.silu()?;
-            ops::linear(&(g * ops::linear(x, up)?)?, down)
+            let (g, u) = {
+                let _phase = Span::start("MLP: up projections");
+                (ops::linear(x, gate)?, ops::linear(x, up)?)
+            };
+            let a = {
+                let _phase = Span::start("MLP: activation");
+                (g.silu()? * u)?
+            };
+            let _phase = Span::start("MLP: down projection");
+            ops::linear(&a, down)
         }
         Mlp::Gelu { fc, proj } => {
-            let h = ops::linear(x, fc)?;
-            let a = match cfg.activation {
-                Activation::GeluErf => h.gelu_erf()?,
-                _ => h.gelu()?,
+            let h = {
+                let _phase = Span::start("MLP: up projections");
+                ops::linear(x, fc)?
             };
+            let a = {
+                let _phase = Span::start("MLP: activation");
+                match cfg.activation {
+                    Activation::GeluErf => h.gelu_erf()?,
+                    _ => h.gelu()?,
+                }
+            };
+            let _phase = Span::start("MLP: down projection");
             ops::linear(&a, proj)
         }
     }
@@ -188,32 +214,40 @@ fn forward_batch(
 
     for l in 0..cfg.num_sublayers() {
         let name = op_name(l, cfg.num_layers);
-        let mixed = state.mix(w.depth_query(l), eps)?;
+        let mixed = timed("depth mix", || state.mix(w.depth_query(l), eps))?;
         let (labels, sources): (Vec<String>, Vec<&Tensor>) = state
             .sources()
             .into_iter()
             .map(|(s, t)| (s.to_string(), t))
             .unzip();
         let stats = if record {
-            Some(input_stats(&sources, &mixed)?)
+            Some(timed("Trace statistics", || input_stats(&sources, &mixed))?)
         } else {
             None
         };
         let layer = &w.layers[l / 2];
+        let norm = if l % 2 == 0 {
+            &layer.attn_norm
+        } else {
+            &layer.mlp_norm
+        };
+        let x = timed("PreNorm", || ops::norm(&mixed.hidden, norm, cfg.norm))?;
         let (kind, output) = if l % 2 == 0 {
-            let x = ops::norm(&mixed.hidden, &layer.attn_norm, cfg.norm)?;
             (OpKind::Attn, attention_sublayer(&ctx, layer, &x)?)
         } else {
-            let x = ops::norm(&mixed.hidden, &layer.mlp_norm, cfg.norm)?;
             (OpKind::Mlp, mlp_sublayer(cfg, layer, &x)?)
         };
         let output = offset(l, output)?;
+        let last = l + 1 == cfg.num_sublayers();
         let Some(stats) = stats else {
-            state.push_output(&name, output, l + 1 == cfg.num_sublayers())?;
+            timed("place output", || state.push_output(&name, output, last))?;
             continue;
         };
-        let output_rms = ops::vec_f32(&ops::rms(&output.detach())?)?;
-        state.push_output(&name, output, l + 1 == cfg.num_sublayers())?;
+        let output_rms = timed("Trace statistics", || {
+            ops::vec_f32(&ops::rms(&output.detach())?)
+        })?;
+        timed("place output", || state.push_output(&name, output, last))?;
+        let _phase = Span::start("Trace statistics");
         // Block: the partial after this sublayer; when the block just closed, that sum is now the
         // newest completed block, so the series shows the periodic reset.
         let partial_rms = match rule {
@@ -244,21 +278,23 @@ fn forward_batch(
     }
 
     // The final op: the input of the final norm (AttnRes: the final aggregation over all sources).
-    let mixed = state.mix(w.depth_query(cfg.num_sublayers()), eps)?;
+    let mixed = timed("depth mix", || {
+        state.mix(w.depth_query(cfg.num_sublayers()), eps)
+    })?;
     let (labels, sources): (Vec<String>, Vec<&Tensor>) = state
         .sources()
         .into_iter()
         .map(|(s, t)| (s.to_string(), t))
         .unzip();
     let stats = if record {
-        Some(input_stats(&sources, &mixed)?)
+        Some(timed("Trace statistics", || input_stats(&sources, &mixed))?)
     } else {
         None
     };
     let hidden = offset(cfg.num_sublayers(), mixed.hidden)?;
-    let normed = ops::norm(&hidden, &w.final_norm, cfg.norm)?;
+    let normed = timed("PreNorm", || ops::norm(&hidden, &w.final_norm, cfg.norm))?;
     let head = w.lm_head.as_ref().unwrap_or(&w.embed);
-    let logits = normed.matmul(&head.t()?)?;
+    let logits = timed("LM head", || normed.matmul(&head.t()?))?;
     let Some(stats) = stats else {
         progress.finish();
         return Ok(ForwardOutput {

@@ -6,6 +6,7 @@ pub mod forward;
 pub mod generate;
 pub mod grads;
 pub mod ops;
+pub mod phases;
 
 use candle_core::backprop::GradStore;
 use candle_core::{Device, Tensor, Var};
@@ -161,6 +162,7 @@ pub fn trace_tokens(
         None => None,
     };
     let logits = run.forward.logits.detach();
+    let _readout = phases::Span::start("logits readout: loss, top-k");
     // One pass over the `[T, vocab]` logits gives both the loss and the top-k probabilities;
     // candle's log-sum-exp would build four logits-sized temporaries for the loss alone.
     let rows = ops::table_f32(&logits)?;
