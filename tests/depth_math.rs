@@ -82,7 +82,8 @@ fn t3_block_walk_with_two_sublayers_per_block() {
     let mut state = DepthState::new(
         DepthRule::AttnRes(AttnResMode::Block { block_size: 2 }),
         row(&[3., 0., 0., 0.]),
-    );
+    )
+    .unwrap();
     for (l, (out, want)) in forced.iter().zip(&want_inputs).enumerate() {
         let mixed = state.mix(Some(&q), EPS).unwrap();
         assert_close(&values(&mixed.hidden), want, 1e-7);
@@ -138,7 +139,8 @@ fn block_without_partial_never_adds_a_zero_source() {
     let mut state = DepthState::new(
         DepthRule::AttnRes(AttnResMode::Block { block_size: 1 }),
         row(&[1., 0.]),
-    );
+    )
+    .unwrap();
     state.push_output("a", row(&[0., 1.]), false).unwrap();
     let labels: Vec<&str> = state.sources().iter().map(|(l, _)| *l).collect();
     assert_eq!(labels, ["emb", "B1"]);

@@ -21,6 +21,10 @@ pub struct DepthState {
     completed: Vec<(String, Tensor)>,
     /// Block: running sum of the current block's outputs (none before its first sublayer).
     partial: Option<Tensor>,
+    /// AttnRes: each completed source's key mean squares `[T, 1]`, made once when the source is
+    /// (ATTNRES.md's keys are RMS-normalised), and the partial's; empty for the residual sum.
+    completed_ms: Vec<Tensor>,
+    partial_ms: Option<Tensor>,
     in_block: usize,
 }
 
@@ -36,13 +40,19 @@ pub struct Mixed {
 }
 
 impl DepthState {
-    pub fn new(rule: DepthRule, embedding: Tensor) -> Self {
-        Self {
+    pub fn new(rule: DepthRule, embedding: Tensor) -> Result<Self> {
+        let completed_ms = match rule {
+            DepthRule::AttnRes(_) => vec![key_mean_square(&embedding)?],
+            DepthRule::ResidualSum => Vec::new(),
+        };
+        Ok(Self {
             rule,
             completed: vec![("emb".to_string(), embedding)],
             partial: None,
+            completed_ms,
+            partial_ms: None,
             in_block: 0,
-        }
+        })
     }
 
     /// Labels and tensors of the sources the next op attends over, in order.
@@ -72,7 +82,11 @@ impl DepthState {
     /// Record sublayer `label`'s output. `last` closes a trailing short block.
     pub fn push_output(&mut self, label: &str, output: Tensor, last: bool) -> Result<()> {
         match self.rule {
-            DepthRule::ResidualSum | DepthRule::AttnRes(AttnResMode::Full) => {
+            DepthRule::ResidualSum => {
+                self.completed.push((label.to_string(), output));
+            }
+            DepthRule::AttnRes(AttnResMode::Full) => {
+                self.completed_ms.push(key_mean_square(&output)?);
                 self.completed.push((label.to_string(), output));
             }
             DepthRule::AttnRes(AttnResMode::Block { block_size }) => {
@@ -80,13 +94,17 @@ impl DepthState {
                     Some(p) => (p + output)?,
                     None => output,
                 };
+                let partial_ms = key_mean_square(&partial)?;
+                self.partial_ms = None;
                 self.in_block += 1;
                 if self.in_block == block_size || last {
                     let label = format!("B{}", self.completed.len());
                     self.completed.push((label, partial));
+                    self.completed_ms.push(partial_ms);
                     self.in_block = 0;
                 } else {
                     self.partial = Some(partial);
+                    self.partial_ms = Some(partial_ms);
                 }
             }
         }
@@ -97,7 +115,11 @@ impl DepthState {
     pub fn mix(&self, query: Option<&DepthQuery>, eps: f64) -> Result<Mixed> {
         let sources: Vec<&Tensor> = self.sources().into_iter().map(|(_, t)| t).collect();
         match (self.rule, query) {
-            (DepthRule::AttnRes(_), Some(q)) => depth_attention(&sources, q, eps),
+            (DepthRule::AttnRes(_), Some(q)) => {
+                let mean_squares: Vec<&Tensor> =
+                    self.completed_ms.iter().chain(&self.partial_ms).collect();
+                depth_attention_with(&sources, &mean_squares, q, eps)
+            }
             _ => residual_sum(&sources),
         }
     }
@@ -123,9 +145,37 @@ pub fn residual_sum(sources: &[&Tensor]) -> Result<Mixed> {
 /// `[T, n, d]` so that every reduction runs over a last dimension and the mix is one batched
 /// matmul: candle's CPU reductions over a leading dimension are several times slower.
 pub fn depth_attention(sources: &[&Tensor], q: &DepthQuery, eps: f64) -> Result<Mixed> {
+    let mean_squares = sources
+        .iter()
+        .map(|s| key_mean_square(s))
+        .collect::<Result<Vec<_>>>()?;
+    depth_attention_with(sources, &mean_squares.iter().collect::<Vec<_>>(), q, eps)
+}
+
+/// `mean(v^2)` over each row of a `[T, d]` source, as `[T, 1]`: its keys' squared RMS.
+pub fn key_mean_square(source: &Tensor) -> Result<Tensor> {
+    source.sqr()?.mean_keepdim(1)
+}
+
+/// [`depth_attention`] with each source's [`key_mean_square`] already made: a source's stays the
+/// same for every later op, and recomputing them took as long as the rest of the CPU mix
+/// (BENCHMARKS.md, session 6).
+pub fn depth_attention_with(
+    sources: &[&Tensor],
+    mean_squares: &[&Tensor],
+    q: &DepthQuery,
+    eps: f64,
+) -> Result<Mixed> {
+    if mean_squares.len() != sources.len() {
+        candle_core::bail!(
+            "{} key mean squares for {} depth sources",
+            mean_squares.len(),
+            sources.len()
+        );
+    }
     let stacked = Tensor::stack(sources, 1)?; // [T, n, d]
     let (t, n, d) = stacked.dims3()?;
-    let mean_sq = stacked.sqr()?.mean(2)?; // [T, n]
+    let mean_sq = Tensor::cat(mean_squares, 1)?; // [T, n]
     let key_rms = (&mean_sq + eps)?.sqrt()?;
     let folded = (&q.query * &q.key_gain)?.reshape((d, 1))?;
     let dots = stacked

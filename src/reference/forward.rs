@@ -198,7 +198,7 @@ fn forward_batch(
         DepthRule::ResidualSum => Mixing::ResidualSum,
         DepthRule::AttnRes(_) => Mixing::DepthAttention,
     };
-    let mut state = DepthState::new(rule, emb);
+    let mut state = DepthState::new(rule, emb)?;
     let mut ops_out = Vec::with_capacity(n_ops);
     if let Some(o) = offsets {
         if o.len() != n_ops {
