@@ -14,7 +14,7 @@ use depthlens::model::random::Rng;
 use depthlens::model::{ModelConfig, TextTokenizer, Weights};
 use depthlens::progress::Silent;
 use depthlens::reference::{self, TraceOptions};
-use depthlens::trace::Trace;
+use depthlens::trace::{DepthOp, Trace};
 
 fn engine() -> &'static Engine {
     static ENGINE: OnceLock<Engine> = OnceLock::new();
@@ -150,7 +150,26 @@ fn gpu_and_cpu(engine: &Engine, cfg: &ModelConfig, w: &Weights, ids: &[u32]) -> 
     (gpu, cpu)
 }
 
-/// Every op statistic within 1e-4 relative (shares: `shares_tol`), the loss, and the top-5.
+/// Largest error of the GPU's shares against the reference's, each relative to the larger of
+/// the share, its terms' scale and 1e-2. A share `alpha_i <v_i, h> / <h, h>` near zero is a sum
+/// of terms of size about `alpha_i rms(v_i) / rms(h)` that cancel: fp32 sums in another order
+/// differ at the terms' size, not the share's. (On the H100, GEMMs summing in another order than
+/// lavapipe's put one cancelling share of the 260-token block:3 test at 1.2e-4 of itself.)
+fn shares_err(gpu: &DepthOp, cpu: &DepthOp) -> f32 {
+    let n = cpu.shares.cols();
+    let (g, c) = (gpu.shares.flat(), cpu.shares.flat());
+    assert_eq!(g.len(), c.len(), "{} shares: lengths differ", cpu.name);
+    (0..c.len())
+        .map(|k| {
+            let t = k / n;
+            let terms = cpu.alpha.flat()[k] * cpu.source_rms.flat()[k] / cpu.hidden_rms[t];
+            (g[k] - c[k]).abs() / c[k].abs().max(terms).max(1e-2)
+        })
+        .fold(0.0, f32::max)
+}
+
+/// Every op statistic within 1e-4 relative (shares: `shares_tol`, see [`shares_err`]), the loss,
+/// and the top-5.
 fn assert_traces_match(kind: &str, gpu: &Trace, cpu: &Trace, shares_tol: f32) {
     assert_eq!(gpu.ops.len(), cpu.ops.len());
     for (g, c) in gpu.ops.iter().zip(&cpu.ops) {
@@ -160,12 +179,11 @@ fn assert_traces_match(kind: &str, gpu: &Trace, cpu: &Trace, shares_tol: f32) {
         assert_eq!(g.kind, c.kind);
         assert_eq!(g.layer, c.layer);
         assert_rel(&what("alpha"), g.alpha.flat(), c.alpha.flat(), 1e-3, 1e-4);
-        assert_rel(
-            &what("shares"),
-            g.shares.flat(),
-            c.shares.flat(),
-            1e-2,
-            shares_tol,
+        let err = shares_err(g, c);
+        assert!(
+            err <= shares_tol,
+            "{}: max err {err:.2e} > {shares_tol:.0e}",
+            what("shares")
         );
         assert_rel(
             &what("source_rms"),
@@ -627,9 +645,10 @@ fn a_small_binding_limit_splits_attention_the_lm_head_and_the_depth_sources_and_
     let w = common::tiny_weights(&cfg, 8);
     let ids: Vec<u32> = (0..t).map(|i| (i * 53 % vocab) as u32).collect();
     let (gpu, cpu) = gpu_and_cpu(&small, &cfg, &w, &ids);
-    // Shares over 15 sources are f32 dot products that cancel, on both sides: the same 1.6e-4
-    // comes back without the cap (one chunk of sources), so the split adds nothing to it.
-    assert_traces_match("full:deep under a 32 KiB binding cap", &gpu, &cpu, 2e-4);
+    // Shares over 15 sources are f32 dot products that cancel, on both sides: relative to the
+    // share alone this op's error was 1.6e-4, with or without the cap; `shares_err` measures it
+    // against the terms that cancel.
+    assert_traces_match("full:deep under a 32 KiB binding cap", &gpu, &cpu, 1e-4);
     // All of the logits at once cannot come back through one binding: said, not truncated.
     let opts = GpuTraceOptions {
         logits: true,
