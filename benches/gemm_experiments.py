@@ -12,118 +12,95 @@ more than WebGPU's default 16 KB of workgroup memory, which the engine's own dev
 """
 
 import os
-import re
 import subprocess
 import sys
+import textwrap
+
+from shader_variants import between, replaced, with_consts, write_variants
 
 SHIPPED = open("shaders/matmul.wgsl").read()
-SECTION = "// ---- NT fast path"
-SECTION_END = "// Split-K second pass"
-LOOP_BEGIN = "    for (var k0 = k_begin; k0 < k_end; k0 += GBK) {\n"
-LOOP_END = "    if (p.splits > 1u) {\n"
 
 
-def nt_section(text):
-    start, end = text.index(SECTION), text.index(SECTION_END)
-    return text[:start], text[start:end], text[end:]
+def nt(text):
+    """gemm_nt's section of `text`."""
+    start = text.index("// ---- NT fast path")
+    return slice(start, text.index("// Split-K second pass", start))
 
 
-def with_consts(text, **consts):
-    """`text` with gemm_nt's tile constants overridden (the host prepends its own, so the variant
-    renames them in the NT section and declares the new values)."""
-    head, body, tail = nt_section(text)
-    decl = ""
-    for name, value in consts.items():
-        body = re.sub(rf"\b{name}\b", f"X{name}", body)
-        decl += f"const X{name}: u32 = {value}u;\n"
-    return decl + head + body + tail
+def in_nt(text, edits):
+    """`text` with each (old, new) of `edits` replaced in gemm_nt's section only."""
+    section = nt(text)
+    body = text[section]
+    for old, new in edits:
+        body = replaced(body, old, new)
+    return text[: section.start] + body + text[section.stop :]
+
+
+# Pieces of the shipped gemm_nt the variants reuse, so that they differ from it only where they
+# mean to: its setup up to the register arrays, the first slice's loads, the stores of a slice
+# into workgroup memory, the read-ahead of the next slice, and the multiply of a slice.
+NT = SHIPPED[nt(SHIPPED)]
+SETUP = between(NT, "    let batch = wg.z / p.splits;", "    var ra:")
+FIRST_LOADS = between(NT, "    for (var s = 0u; s < GLOAD_A; s++) {\n        let e = lid + s * GTHREADS;\n        let row", "\n    for (var k0")
+STORES = between(NT, "        for (var s = 0u; s < GLOAD_A; s++) {\n            let e = lid + s * GTHREADS;\n            sa[", "        workgroupBarrier();\n        let k1")
+READ_AHEAD = between(NT, "        let k1 = k0 + GBK;\n", "        for (var kq")
+MULTIPLY = between(NT, "        for (var kq", "        workgroupBarrier();\n    }\n\n    if (p.splits")
+LOOP = between(NT, "    for (var k0 = k_begin; k0 < k_end; k0 += GBK) {\n", "    if (p.splits > 1u) {\n")
+
+
+def offset(stores_or_reads, a, b):
+    """Workgroup-tile accesses moved to the buffer at offsets `a` (of sa) and `b` (of sb)."""
+    return stores_or_reads.replace("sa[(", f"sa[{a} + (").replace("sb[(", f"sb[{b} + (")
 
 
 # Two workgroup-memory buffers per operand: the slice read ahead into registers is stored into the
 # other buffer while this one is multiplied, so one barrier per slice instead of two.
-DOUBLE_BUFFERED_LOOP = """    for (var s = 0u; s < GLOAD_A; s++) {
-        let e = lid + s * GTHREADS;
-        sa[(e / GKQ) * GPAD + e % GKQ] = ra[s];
-    }
-    for (var s = 0u; s < GLOAD_B; s++) {
-        let e = lid + s * GTHREADS;
-        sb[(e / GKQ) * GPAD + e % GKQ] = rb[s];
-    }
-    workgroupBarrier();
-    var cur = 0u;
-    for (var k0 = k_begin; k0 < k_end; k0 += GBK) {
-        let k1 = k0 + GBK;
-        if (k1 < k_end) {
-            for (var s = 0u; s < GLOAD_A; s++) {
-                let e = lid + s * GTHREADS;
-                let row = row0 + e / GKQ;
-                let kx = k1 + (e % GKQ) * 4u;
-                var v = vec4<f32>(0.0);
-                if (row < p.m && kx < k_end) { v = a4[a_base + row * a_rs4 + kx / 4u]; }
-                ra[s] = v;
-            }
-            for (var s = 0u; s < GLOAD_B; s++) {
-                let e = lid + s * GTHREADS;
-                let col = col0 + e / GKQ;
-                let kx = k1 + (e % GKQ) * 4u;
-                var v = vec4<f32>(0.0);
-                if (col < p.n && kx < k_end) { v = b4[b_base + col * b_rs4 + kx / 4u]; }
-                rb[s] = v;
-            }
-        }
-        let oa = cur * GBM * GPAD;
-        let ob = cur * GBN * GPAD;
-        for (var kq = 0u; kq < GKQ; kq++) {
-            var av: array<vec4<f32>, GTM>;
-            var bv: array<vec4<f32>, GTN>;
-            for (var i = 0u; i < GTM; i++) { av[i] = sa[oa + (l.y + i * GWY) * GPAD + kq]; }
-            for (var j = 0u; j < GTN; j++) { bv[j] = sb[ob + (l.x + j * GWX) * GPAD + kq]; }
-            for (var i = 0u; i < GTM; i++) {
-                for (var j = 0u; j < GTN; j++) {
-                    let x = av[i];
-                    let y = bv[j];
-                    acc[i][j] = fma(x.w, y.w, fma(x.z, y.z, fma(x.y, y.y, fma(x.x, y.x, acc[i][j]))));
-                }
-            }
-        }
-        if (k1 < k_end) {
-            let na = (1u - cur) * GBM * GPAD;
-            let nb = (1u - cur) * GBN * GPAD;
-            for (var s = 0u; s < GLOAD_A; s++) {
-                let e = lid + s * GTHREADS;
-                sa[na + (e / GKQ) * GPAD + e % GKQ] = ra[s];
-            }
-            for (var s = 0u; s < GLOAD_B; s++) {
-                let e = lid + s * GTHREADS;
-                sb[nb + (e / GKQ) * GPAD + e % GKQ] = rb[s];
-            }
-        }
-        workgroupBarrier();
-        cur = 1u - cur;
-    }
-
-"""
+DOUBLE_BUFFERED_LOOP = (
+    textwrap.dedent(STORES).replace("\n", "\n    ").rstrip(" ").replace("for", "    for", 1)
+    + "    workgroupBarrier();\n    var cur = 0u;\n    for (var k0 = k_begin; k0 < k_end; k0 += GBK) {\n"
+    + READ_AHEAD
+    + "        let oa = cur * GBM * GPAD;\n        let ob = cur * GBN * GPAD;\n"
+    + offset(MULTIPLY, "oa", "ob")
+    + "        if (k1 < k_end) {\n            let na = (1u - cur) * GBM * GPAD;\n            let nb = (1u - cur) * GBN * GPAD;\n"
+    + textwrap.indent(offset(STORES, "na", "nb"), "    ")
+    + "        }\n        workgroupBarrier();\n        cur = 1u - cur;\n    }\n\n"
+)
 
 
 def double_buffered(text):
-    head, body, tail = nt_section(text)
-    begin, end = body.index(LOOP_BEGIN), body.index(LOOP_END)
-    body = body[:begin] + DOUBLE_BUFFERED_LOOP + body[end:]
-    for old, new in [
-        ("array<vec4<f32>, GBM * GPAD>;", "array<vec4<f32>, 2u * GBM * GPAD>;"),
-        ("array<vec4<f32>, GBN * GPAD>;", "array<vec4<f32>, 2u * GBN * GPAD>;"),
-    ]:
-        if body.count(old) != 1:
-            sys.exit(f"matmul.wgsl changed: the experiment's anchor is gone:\n{old}")
-        body = body.replace(old, new)
-    return head + body + tail
+    return in_nt(
+        text,
+        [
+            (LOOP, DOUBLE_BUFFERED_LOOP),
+            ("array<vec4<f32>, GBM * GPAD>;", "array<vec4<f32>, 2u * GBM * GPAD>;"),
+            ("array<vec4<f32>, GBN * GPAD>;", "array<vec4<f32>, 2u * GBN * GPAD>;"),
+        ],
+    )
 
 
 # The large build (8 x 4 per thread) as 8 x 8 per thread in the outer-product layout: workgroup
-# tiles stored k-major, so a thread reads two vec4s of rows and two of columns per k and does 16
-# vec4 FMAs into named accumulators (an indexed 8 x 8 array spills); the global loads and their
-# read-ahead are gemm_nt's. Other builds keep gemm_nt's own path.
-OUTER = """
+# tiles stored k-major (in sa and sb, which hold them), so a thread reads two vec4s of rows and
+# two of columns per k and does 16 vec4 FMAs into named accumulators (an indexed 8 x 8 array
+# spills). Setup, global loads and read-ahead are gemm_nt's. Other builds keep gemm_nt's path.
+OUTER_NAMES = [f"c{i}{h}" for i in range(8) for h in range(2)]
+OUTER_FMAS = "".join(
+    f"            c{i}0 = fma(vec4<f32>(a{i // 4}.{'xyzw'[i % 4]}), b0, c{i}0); "
+    f"c{i}1 = fma(vec4<f32>(a{i // 4}.{'xyzw'[i % 4]}), b1, c{i}1);\n"
+    for i in range(8)
+)
+OUTER_ROWS = "".join(
+    f"    outer_row({'r' if i < 4 else 'r2'} + {i % 4}u, cc, c_base, part, c{i}0, c{i}1);\n"
+    for i in range(8)
+)
+OUTER_STORE = """        for (var s = 0u; s < GLOAD_{X}; s++) {{
+            let e = lid + s * GTHREADS;
+            let k = (e % GKQ) * 4u;
+            let v = r{x}[s];
+            for (var j = 0u; j < 4u; j++) {{ outer_store({is_a}, (k + j) * 4u * OS{X} + e / GKQ, v[j]); }}
+        }}
+"""
+OUTER = (
+    """
 const XGTN: u32 = select(GTN, 8u, GTM == 8u);
 const OSA: u32 = GBM / 4u + 1u; // vec4s per k-row of A, padded
 const OSB: u32 = GBN / 4u + 1u;
@@ -150,96 +127,24 @@ fn outer_row(row: u32, col0: u32, c_base: u32, part: u32, v0: vec4<f32>, v1: vec
 }
 
 fn gemm_nt_outer(wg: vec3<u32>, lid: u32, l: vec3<u32>) {
-    let batch = wg.z / p.splits;
-    let split = wg.z % p.splits;
-    let row0 = wg.y * GBM;
-    let col0 = wg.x * GBN;
-    if (p.causal == 1u && col0 >= row0 + GBM) { return; }
-    var k_last = p.k;
-    if (p.causal == 2u) { k_last = min(k_last, row0 + GBM); }
-    let k_begin = split * p.k_chunk;
-    let k_end = min(k_last, k_begin + p.k_chunk);
-    let a_base = (p.a_off + batch * p.a_bstride) / 4u;
-    let b_base = (p.b_off + (batch / p.b_group) * p.b_bstride) / 4u;
-    let a_rs4 = p.a_rs / 4u;
-    let b_rs4 = p.b_sn / 4u;
-    var ra: array<vec4<f32>, GLOAD_A>;
-    var rb: array<vec4<f32>, GLOAD_B>;
-    var c00 = vec4<f32>(0.0); var c01 = vec4<f32>(0.0); var c10 = vec4<f32>(0.0); var c11 = vec4<f32>(0.0);
-    var c20 = vec4<f32>(0.0); var c21 = vec4<f32>(0.0); var c30 = vec4<f32>(0.0); var c31 = vec4<f32>(0.0);
-    var c40 = vec4<f32>(0.0); var c41 = vec4<f32>(0.0); var c50 = vec4<f32>(0.0); var c51 = vec4<f32>(0.0);
-    var c60 = vec4<f32>(0.0); var c61 = vec4<f32>(0.0); var c70 = vec4<f32>(0.0); var c71 = vec4<f32>(0.0);
-    for (var s = 0u; s < GLOAD_A; s++) {
-        let e = lid + s * GTHREADS;
-        let row = row0 + e / GKQ;
-        let kx = k_begin + (e % GKQ) * 4u;
-        var v = vec4<f32>(0.0);
-        if (row < p.m && kx < k_end) { v = a4[a_base + row * a_rs4 + kx / 4u]; }
-        ra[s] = v;
-    }
-    for (var s = 0u; s < GLOAD_B; s++) {
-        let e = lid + s * GTHREADS;
-        let col = col0 + e / GKQ;
-        let kx = k_begin + (e % GKQ) * 4u;
-        var v = vec4<f32>(0.0);
-        if (col < p.n && kx < k_end) { v = b4[b_base + col * b_rs4 + kx / 4u]; }
-        rb[s] = v;
-    }
-    for (var k0 = k_begin; k0 < k_end; k0 += GBK) {
-        for (var s = 0u; s < GLOAD_A; s++) {
-            let e = lid + s * GTHREADS;
-            let m = e / GKQ;
-            let k = (e % GKQ) * 4u;
-            let v = ra[s];
-            outer_store(true, k * 4u * OSA + m, v.x);
-            outer_store(true, (k + 1u) * 4u * OSA + m, v.y);
-            outer_store(true, (k + 2u) * 4u * OSA + m, v.z);
-            outer_store(true, (k + 3u) * 4u * OSA + m, v.w);
-        }
-        for (var s = 0u; s < GLOAD_B; s++) {
-            let e = lid + s * GTHREADS;
-            let n = e / GKQ;
-            let k = (e % GKQ) * 4u;
-            let v = rb[s];
-            outer_store(false, k * 4u * OSB + n, v.x);
-            outer_store(false, (k + 1u) * 4u * OSB + n, v.y);
-            outer_store(false, (k + 2u) * 4u * OSB + n, v.z);
-            outer_store(false, (k + 3u) * 4u * OSB + n, v.w);
-        }
-        workgroupBarrier();
-        let k1 = k0 + GBK;
-        if (k1 < k_end) {
-            for (var s = 0u; s < GLOAD_A; s++) {
-                let e = lid + s * GTHREADS;
-                let row = row0 + e / GKQ;
-                let kx = k1 + (e % GKQ) * 4u;
-                var v = vec4<f32>(0.0);
-                if (row < p.m && kx < k_end) { v = a4[a_base + row * a_rs4 + kx / 4u]; }
-                ra[s] = v;
-            }
-            for (var s = 0u; s < GLOAD_B; s++) {
-                let e = lid + s * GTHREADS;
-                let col = col0 + e / GKQ;
-                let kx = k1 + (e % GKQ) * 4u;
-                var v = vec4<f32>(0.0);
-                if (col < p.n && kx < k_end) { v = b4[b_base + col * b_rs4 + kx / 4u]; }
-                rb[s] = v;
-            }
-        }
-        for (var kk = 0u; kk < GBK; kk++) {
+"""
+    + SETUP
+    + "    var ra: array<vec4<f32>, GLOAD_A>;\n    var rb: array<vec4<f32>, GLOAD_B>;\n"
+    + "".join(f"    var {n} = vec4<f32>(0.0);\n" for n in OUTER_NAMES)
+    + FIRST_LOADS
+    + "\n    for (var k0 = k_begin; k0 < k_end; k0 += GBK) {\n"
+    + OUTER_STORE.format(X="A", x="a", is_a="true")
+    + OUTER_STORE.format(X="B", x="b", is_a="false")
+    + "        workgroupBarrier();\n"
+    + READ_AHEAD
+    + """        for (var kk = 0u; kk < GBK; kk++) {
             let a0 = sa[kk * OSA + l.y];
             let a1 = sa[kk * OSA + GWY + l.y];
             let b0 = sb[kk * OSB + l.x];
             let b1 = sb[kk * OSB + GWX + l.x];
-            c00 = fma(vec4<f32>(a0.x), b0, c00); c01 = fma(vec4<f32>(a0.x), b1, c01);
-            c10 = fma(vec4<f32>(a0.y), b0, c10); c11 = fma(vec4<f32>(a0.y), b1, c11);
-            c20 = fma(vec4<f32>(a0.z), b0, c20); c21 = fma(vec4<f32>(a0.z), b1, c21);
-            c30 = fma(vec4<f32>(a0.w), b0, c30); c31 = fma(vec4<f32>(a0.w), b1, c31);
-            c40 = fma(vec4<f32>(a1.x), b0, c40); c41 = fma(vec4<f32>(a1.x), b1, c41);
-            c50 = fma(vec4<f32>(a1.y), b0, c50); c51 = fma(vec4<f32>(a1.y), b1, c51);
-            c60 = fma(vec4<f32>(a1.z), b0, c60); c61 = fma(vec4<f32>(a1.z), b1, c61);
-            c70 = fma(vec4<f32>(a1.w), b0, c70); c71 = fma(vec4<f32>(a1.w), b1, c71);
-        }
+"""
+    + OUTER_FMAS
+    + """        }
         workgroupBarrier();
     }
     let part = split * p.split_stride + batch * p.m * p.n;
@@ -247,61 +152,41 @@ fn gemm_nt_outer(wg: vec3<u32>, lid: u32, l: vec3<u32>) {
     let r = row0 + l.y * 4u;
     let r2 = r + 4u * GWY;
     let cc = col0 + l.x * 4u;
-    outer_row(r, cc, c_base, part, c00, c01);
-    outer_row(r + 1u, cc, c_base, part, c10, c11);
-    outer_row(r + 2u, cc, c_base, part, c20, c21);
-    outer_row(r + 3u, cc, c_base, part, c30, c31);
-    outer_row(r2, cc, c_base, part, c40, c41);
-    outer_row(r2 + 1u, cc, c_base, part, c50, c51);
-    outer_row(r2 + 2u, cc, c_base, part, c60, c61);
-    outer_row(r2 + 3u, cc, c_base, part, c70, c71);
-}
-
 """
+    + OUTER_ROWS
+    + "}\n\n"
+)
 
 
 def outer_8x8(text):
-    head, body, tail = nt_section(text)
-    for old, new in [
-        ("const GWX: u32 = GBN / GTN;", "const GWX: u32 = GBN / XGTN;"),
-        ("@compute @workgroup_size(GWX, GWY, 1)\nfn gemm_nt(", OUTER + "@compute @workgroup_size(GWX, GWY, 1)\nfn gemm_nt("),
-        (
-            "    let batch = wg.z / p.splits;\n    let split = wg.z % p.splits;\n    let row0 = wg.y * GBM;\n    let col0 = wg.x * GBN;\n    // Causal",
-            "    if (GTM == 8u) { gemm_nt_outer(wg, lid, l); return; }\n    let batch = wg.z / p.splits;\n    let split = wg.z % p.splits;\n    let row0 = wg.y * GBM;\n    let col0 = wg.x * GBN;\n    // Causal",
-        ),
-    ]:
-        if body.count(old) != 1:
-            sys.exit(f"matmul.wgsl changed: the experiment's anchor is gone:\n{old}")
-        body = body.replace(old, new)
-    return head + body + tail
+    entry = "@compute @workgroup_size(GWX, GWY, 1)\nfn gemm_nt("
+    first = "           @builtin(local_invocation_id) l: vec3<u32>) {\n"
+    return in_nt(
+        text,
+        [
+            ("const GWX: u32 = GBN / GTN;", "const GWX: u32 = GBN / XGTN;"),
+            (entry, OUTER + entry),
+            (first, first + "    if (GTM == 8u) { gemm_nt_outer(wg, lid, l); return; }\n"),
+        ],
+    )
 
 
 def variants():
     yield "bk32", "32-deep slices (half the barriers; 27 KB of workgroup memory)", with_consts(
-        SHIPPED, GBK=32
+        SHIPPED, nt(SHIPPED), GBK=32
     )
     yield "double", "double-buffered workgroup tiles, one barrier per slice (30 KB)", double_buffered(
         SHIPPED
     )
     # The large tile (128 x 64) with 4 x 8 outputs per thread instead of 8 x 4: threads then read
     # 4 A and 8 B vec4s per step, and a warp reads more distinct A rows.
-    yield "t4x8", "4 x 8 outputs per thread", with_consts(SHIPPED, GTM=4, GTN=8)
+    yield "t4x8", "4 x 8 outputs per thread", with_consts(SHIPPED, nt(SHIPPED), GTM=4, GTN=8)
     yield "outer8x8", "the large build as 8 x 8 per thread, outer-product layout", outer_8x8(SHIPPED)
 
 
 def main():
     binary = os.environ.get("DEPTHLENS", ".bench/depthlens")
-    wanted = set(sys.argv[1:])
-    runs = [("shipped", "", None)]
-    os.makedirs(".bench/gemm-experiments", exist_ok=True)
-    for name, what, text in variants():
-        if wanted and name not in wanted:
-            continue
-        path = f".bench/gemm-experiments/{name}/matmul.wgsl"
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        with open(path, "w") as f:
-            f.write(text)
-        runs.append((name, what, path))
+    runs = write_variants(variants(), ".bench/gemm-experiments", "matmul.wgsl", set(sys.argv[1:]))
     for name, what, path in runs:
         print(f"## {name}" + (f" ({what})" if what else ""), flush=True)
         shader = ["--shader", path] if path else []

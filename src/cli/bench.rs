@@ -14,7 +14,7 @@ use crate::engine::kernels::{
 };
 use crate::engine::matmul::Gemm;
 use crate::engine::{Engine, GpuTraceOptions};
-use crate::model::random::{random_weights, RandomInit};
+use crate::model::random::{random_weights, RandomInit, Rng};
 use crate::model::{Checkpoint, ModelConfig, TextTokenizer, Weights};
 use crate::progress::Silent;
 use crate::reference::phases::{self, PhaseTime};
@@ -354,7 +354,9 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
                         &Silent,
                     )?;
                     if collect {
-                        add_phases(&mut cpu_phases, phases::take());
+                        for p in phases::take() {
+                            phases::add(&mut cpu_phases, p);
+                        }
                     }
                 }
             }
@@ -572,17 +574,10 @@ fn gemm_error(
     (m, n, k): (usize, usize, usize),
     choice: GemmChoice,
 ) -> anyhow::Result<f64> {
-    let mut state = 0x9e37_79b9_7f4a_7c15_u64 ^ (m * 31 + n * 17 + k) as u64;
+    let mut rng = Rng::new((m * 31 + n * 17 + k) as u64);
     let mut random = |len: usize| -> Vec<f32> {
         (0..len)
-            .map(|_| {
-                // xorshift64*: reproducible operands without a dependency.
-                state ^= state >> 12;
-                state ^= state << 25;
-                state ^= state >> 27;
-                let bits = state.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 40;
-                bits as f32 / (1u64 << 23) as f32 - 1.0
-            })
+            .map(|_| (2.0 * rng.uniform() - 1.0) as f32)
             .collect()
     };
     let (a, b) = (random(m * k), random(n * k));
@@ -600,17 +595,4 @@ fn gemm_error(
         .zip(&cpu)
         .fold(0f32, |m, (g, c)| m.max((g - c).abs()));
     Ok(f64::from(worst / scale))
-}
-
-/// `more` added into `into`, phase by phase.
-fn add_phases(into: &mut Vec<PhaseTime>, more: Vec<PhaseTime>) {
-    for p in more {
-        match into.iter_mut().find(|q| q.phase == p.phase) {
-            Some(q) => {
-                q.total += p.total;
-                q.calls += p.calls;
-            }
-            None => into.push(p),
-        }
-    }
 }

@@ -95,12 +95,12 @@ impl DepthState {
                     None => output,
                 };
                 let partial_ms = key_mean_square(&partial)?;
-                self.partial_ms = None;
                 self.in_block += 1;
                 if self.in_block == block_size || last {
                     let label = format!("B{}", self.completed.len());
                     self.completed.push((label, partial));
                     self.completed_ms.push(partial_ms);
+                    self.partial_ms = None;
                     self.in_block = 0;
                 } else {
                     self.partial = Some(partial);

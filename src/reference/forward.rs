@@ -56,8 +56,8 @@ fn input_stats(sources: &[&Tensor], mixed: &Mixed) -> candle_core::Result<InputS
     let alpha = mixed.alpha.detach(); // [T, n]
     let hh = h.sqr()?.sum_keepdim(1)?; // [T, 1]
 
-    // <v_i, h>: [T, n], by candle's sum. A batched matmul here moved one share of the 260-token
-    // block:3 parity test to exactly the 1e-4 tolerance (shares cancel, so summation order shows).
+    // <v_i, h>: [T, n], by candle's sum. (A batched matmul sums in another order: shares cancel,
+    // so that moved one share of the 260-token block:3 parity test by 1e-4 of itself.)
     let dots = stacked.broadcast_mul(&h.unsqueeze(1)?)?.sum(2)?;
     // A zero input (an untrained or degenerate model) has no decomposition; report zeros, not NaN.
     let safe_hh = hh.maximum(f32::MIN_POSITIVE)?;

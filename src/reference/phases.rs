@@ -59,22 +59,27 @@ impl Drop for Span {
         let Some(started) = self.started else {
             return;
         };
-        let elapsed = started.elapsed();
+        let time = PhaseTime {
+            phase: self.phase,
+            total: started.elapsed(),
+            calls: 1,
+        };
         COLLECTED.with(|c| {
             if let Some(times) = c.borrow_mut().as_mut() {
-                match times.iter_mut().find(|p| p.phase == self.phase) {
-                    Some(p) => {
-                        p.total += elapsed;
-                        p.calls += 1;
-                    }
-                    None => times.push(PhaseTime {
-                        phase: self.phase,
-                        total: elapsed,
-                        calls: 1,
-                    }),
-                }
+                add(times, time);
             }
         });
+    }
+}
+
+/// `time` added to its phase's total in `totals` (appended if the phase is new there).
+pub fn add(totals: &mut Vec<PhaseTime>, time: PhaseTime) {
+    match totals.iter_mut().find(|p| p.phase == time.phase) {
+        Some(p) => {
+            p.total += time.total;
+            p.calls += time.calls;
+        }
+        None => totals.push(time),
     }
 }
 
