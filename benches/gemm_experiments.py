@@ -171,7 +171,56 @@ def outer_8x8(text):
     )
 
 
+# Fewer live registers (more workgroups per multiprocessor): the multiply holds B's GTN vec4s
+# and one A vec4 at a time instead of all GTM + GTN.
+ROWWISE_MULTIPLY = replaced(
+    replaced(
+        MULTIPLY,
+        "            var av: array<vec4<f32>, GTM>;\n",
+        "",
+    ),
+    """            for (var i = 0u; i < GTM; i++) { av[i] = sa[(l.y + i * GWY) * GPAD + kq]; }
+""",
+    "",
+)
+ROWWISE_MULTIPLY = replaced(
+    ROWWISE_MULTIPLY,
+    """            for (var i = 0u; i < GTM; i++) {
+                for (var j = 0u; j < GTN; j++) {
+                    let x = av[i];
+""",
+    """            for (var i = 0u; i < GTM; i++) {
+                let x = sa[(l.y + i * GWY) * GPAD + kq];
+                for (var j = 0u; j < GTN; j++) {
+""",
+)
+
+# No read-ahead: each slice is loaded from global memory and stored straight into workgroup
+# memory, so the loaded vec4s are not live across the multiply (latency left to occupancy).
+DIRECT_LOOP = (
+    "    for (var k0 = k_begin; k0 < k_end; k0 += GBK) {\n"
+    + textwrap.indent(FIRST_LOADS.replace("k_begin +", "k0 +"), "    ").rstrip() + "\n"
+    + STORES
+    + "        workgroupBarrier();\n"
+    + MULTIPLY
+    + "        workgroupBarrier();\n    }\n\n"
+)
+
+
+def direct(text, multiply=MULTIPLY):
+    return in_nt(
+        text,
+        [
+            (FIRST_LOADS, ""),
+            (LOOP, DIRECT_LOOP.replace(MULTIPLY, multiply)),
+        ],
+    )
+
+
 def variants():
+    yield "rowwise", "one A vec4 live at a time in the multiply", in_nt(SHIPPED, [(MULTIPLY, ROWWISE_MULTIPLY)])
+    yield "direct", "no register read-ahead of the next slice", direct(SHIPPED)
+    yield "rowwise_direct", "both", direct(SHIPPED, ROWWISE_MULTIPLY)
     yield "bk32", "32-deep slices (half the barriers; 27 KB of workgroup memory)", with_consts(
         SHIPPED, nt(SHIPPED), GBK=32
     )

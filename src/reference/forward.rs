@@ -75,7 +75,6 @@ struct Context<'a> {
     cfg: &'a ModelConfig,
     /// Sequences in the batch (rows are `batch * seq_len`).
     batch: usize,
-    mask: Tensor,
     rope: Option<(Tensor, Tensor)>,
 }
 
@@ -85,10 +84,11 @@ fn attention_sublayer(ctx: &Context, layer: &Layer, x: &Tensor) -> candle_core::
     let b = ctx.batch;
     let (mut q, mut k, v) = {
         let _phase = Span::start("attention: q, k, v projections");
+        let qkv = ops::linears(x, &[&layer.q, &layer.k, &layer.v])?;
         (
-            ops::split_heads(&ops::linear(x, &layer.q)?, b, cfg.num_heads, hd)?,
-            ops::split_heads(&ops::linear(x, &layer.k)?, b, cfg.num_kv_heads, hd)?,
-            ops::split_heads(&ops::linear(x, &layer.v)?, b, cfg.num_kv_heads, hd)?,
+            ops::split_heads(&qkv[0], b, cfg.num_heads, hd)?,
+            ops::split_heads(&qkv[1], b, cfg.num_kv_heads, hd)?,
+            ops::split_heads(&qkv[2], b, cfg.num_kv_heads, hd)?,
         )
     };
     if let Some((cos, sin)) = &ctx.rope {
@@ -98,7 +98,7 @@ fn attention_sublayer(ctx: &Context, layer: &Layer, x: &Tensor) -> candle_core::
     }
     let mixed = {
         let _phase = Span::start("attention: scores, softmax, P V");
-        ops::causal_attention(&q, &k, &v, &ctx.mask)?
+        ops::causal_attention(&q, &k, &v, ctx.cfg.sliding_window)?
     };
     let _phase = Span::start("attention: output projection");
     ops::linear(&mixed, &layer.o)
@@ -109,7 +109,8 @@ fn mlp_sublayer(cfg: &ModelConfig, layer: &Layer, x: &Tensor) -> candle_core::Re
         Mlp::SwiGlu { gate, up, down } => {
             let (g, u) = {
                 let _phase = Span::start("MLP: up projections");
-                (ops::linear(x, gate)?, ops::linear(x, up)?)
+                let gate_up = ops::linears(x, &[gate, up])?;
+                (gate_up[0].clone(), gate_up[1].clone())
             };
             let a = {
                 let _phase = Span::start("MLP: activation");
@@ -186,7 +187,6 @@ fn forward_batch(
     let ctx = Context {
         cfg,
         batch,
-        mask: ops::causal_mask(t, cfg.sliding_window, dtype)?,
         rope: match &cfg.rope {
             Some(r) => Some(ops::rope_tables(r, cfg.head_dim, t, dtype)?),
             None => None,
@@ -294,7 +294,9 @@ fn forward_batch(
     let hidden = offset(cfg.num_sublayers(), mixed.hidden)?;
     let normed = timed("PreNorm", || ops::norm(&hidden, &w.final_norm, cfg.norm))?;
     let head = w.lm_head.as_ref().unwrap_or(&w.embed);
-    let logits = timed("LM head", || normed.matmul(&head.t()?))?;
+    let logits = timed("LM head", || {
+        ops::matmul_weight(&normed, &head.t()?, head.is_variable())
+    })?;
     let Some(stats) = stats else {
         progress.finish();
         return Ok(ForwardOutput {

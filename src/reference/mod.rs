@@ -5,6 +5,7 @@ pub mod depth;
 pub mod forward;
 pub mod generate;
 pub mod grads;
+pub mod kernels;
 pub mod ops;
 pub mod phases;
 

@@ -3,15 +3,54 @@
 
 use candle_core::{DType, Device, Result, Tensor, D};
 
+use super::kernels::{on_candle_threads, CausalSoftmax, ColumnParallelMatmul};
+
 use crate::model::{Linear, Norm, NormKind, Rope, RopeScaling};
 
 /// `x W^T + b`.
 pub fn linear(x: &Tensor, l: &Linear) -> Result<Tensor> {
-    let y = x.matmul(&l.weight_t()?)?;
+    let y = matmul_weight(x, &l.weight_t()?, l.weight.is_variable())?;
     match &l.bias {
         Some(b) => y.broadcast_add(b),
         None => Ok(y),
     }
+}
+
+/// `x W_i^T + b_i` for linears that read the same `x`: one GEMM over their stacked weights when
+/// those are fixed, else one each.
+pub fn linears(x: &Tensor, group: &[&Linear]) -> Result<Vec<Tensor>> {
+    let Some((first, rest)) = group.split_first() else {
+        return Ok(Vec::new());
+    };
+    let Some(stacked) = first.stacked_weight_t(rest)? else {
+        return group.iter().map(|l| linear(x, l)).collect();
+    };
+    let y = matmul_weight(x, &stacked, false)?;
+    let mut start = 0;
+    group
+        .iter()
+        .map(|l| {
+            let out = l.weight.dim(0)?;
+            let part = y.narrow(D::Minus1, start, out)?;
+            start += out;
+            match &l.bias {
+                Some(b) => part.broadcast_add(b),
+                // Contiguous: element-wise ops on the strided piece (SiLU of the gate) were
+                // several times slower than the copy.
+                None => part.contiguous(),
+            }
+        })
+        .collect()
+}
+
+/// `x · w` for `[rows, in]` activations and a `[in, out]` weight: split by columns over the
+/// threads ([`ColumnParallelMatmul`]) unless `w` is a training variable, whose GEMMs stay
+/// candle's own (training batches are large enough for its threading).
+pub fn matmul_weight(x: &Tensor, w: &Tensor, variable: bool) -> Result<Tensor> {
+    if variable || x.rank() != 2 {
+        return x.matmul(w);
+    }
+    x.apply_op2(w, ColumnParallelMatmul)
 }
 
 /// Mean of squares over the last dimension, kept: `[.., 1]`.
@@ -133,21 +172,6 @@ pub fn apply_rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
     x.broadcast_mul(cos)? + rotated.broadcast_mul(sin)?
 }
 
-/// Additive causal mask `[T, T]`: 0 where query `i` may see key `j` (`j <= i`, and `i - j < window`
-/// when a sliding window is set), `-inf` elsewhere.
-pub fn causal_mask(t: usize, window: Option<usize>, dtype: DType) -> Result<Tensor> {
-    let mut m = vec![0f32; t * t];
-    for i in 0..t {
-        for j in 0..t {
-            let visible = j <= i && window.is_none_or(|w| i - j < w);
-            if !visible {
-                m[i * t + j] = f32::NEG_INFINITY;
-            }
-        }
-    }
-    Tensor::from_vec(m, (t, t), &Device::Cpu)?.to_dtype(dtype)
-}
-
 /// `[B * T, heads * hd]` -> `[B, heads, T, hd]`.
 pub fn split_heads(x: &Tensor, batch: usize, heads: usize, hd: usize) -> Result<Tensor> {
     let t = x.dim(0)? / batch;
@@ -157,8 +181,14 @@ pub fn split_heads(x: &Tensor, batch: usize, heads: usize, hd: usize) -> Result<
 }
 
 /// Causal multi-head attention with GQA: q `[B, H, T, hd]`, k and v `[B, Hkv, T, hd]` ->
-/// `[B * T, H * hd]`.
-pub fn causal_attention(q: &Tensor, k: &Tensor, v: &Tensor, mask: &Tensor) -> Result<Tensor> {
+/// `[B * T, H * hd]`. Query `i` sees key `j` when `j <= i` (and `i - j < window` with a sliding
+/// window).
+pub fn causal_attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    window: Option<usize>,
+) -> Result<Tensor> {
     let (batch, heads, t, hd) = q.dims4()?;
     let kv_heads = k.dim(1)?;
     let repeat = |x: &Tensor| -> Result<Tensor> {
@@ -171,11 +201,38 @@ pub fn causal_attention(q: &Tensor, k: &Tensor, v: &Tensor, mask: &Tensor) -> Re
             .reshape((batch, heads, t, hd))
     };
     let (k, v) = (repeat(k)?, repeat(v)?);
-    let scores = (q.matmul(&k.t()?)? * (1.0 / (hd as f64).sqrt()))?.broadcast_add(mask)?;
-    let p = softmax(&scores, 3)?;
-    p.matmul(&v)?
+    let scores = matmul_per_head(q, &k.t()?)?;
+    let p = causal_softmax(&scores, 1.0 / (hd as f64).sqrt(), window)?;
+    matmul_per_head(&p, &v)?
         .transpose(1, 2)?
         .reshape((batch * t, heads * hd))
+}
+
+/// `a[b, h] · b[b, h]` for `[B, H, M, K]` and `[B, H, K, N]`, the heads on separate threads.
+/// Candle's batched matmul runs the heads one after another, each split over every thread; at
+/// T = 128 a head's product is too small for that to pay (BENCHMARKS.md).
+pub fn matmul_per_head(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    let (batch, heads, m, _) = a.dims4()?;
+    let n = b.dim(3)?;
+    let (a, b) = (a.flatten_to(1)?, b.flatten_to(1)?);
+    let products = on_candle_threads(batch * heads, |range| {
+        range.map(|i| a.get(i)?.matmul(&b.get(i)?)).collect()
+    })?;
+    Tensor::stack(&products, 0)?.reshape((batch, heads, m, n))
+}
+
+/// `softmax(scale * scores)` along the last dimension of `[.., T, T]` attention scores, with the
+/// causal mask (and sliding window) applied by position: one pass over each row, rows in
+/// parallel, in place of the seven element-wise ops (scale, mask, max, subtract, exp, sum,
+/// divide) whose overhead dominates at short prompts. Differentiable.
+pub fn causal_softmax(scores: &Tensor, scale: f64, window: Option<usize>) -> Result<Tensor> {
+    let dims = scores.dims();
+    if dims.len() < 2 || dims[dims.len() - 1] != dims[dims.len() - 2] {
+        candle_core::bail!("causal_softmax takes [.., T, T] scores, not {dims:?}");
+    }
+    scores
+        .contiguous()?
+        .apply_op1(CausalSoftmax { scale, window })
 }
 
 /// A `[rows, cols]` tensor as one f32 table, whatever its dtype (the reference also runs in f64
@@ -194,4 +251,101 @@ pub fn table_f32(t: &Tensor) -> Result<crate::trace::Rows> {
 /// A `[n]` tensor as f32.
 pub fn vec_f32(t: &Tensor) -> Result<Vec<f32>> {
     t.to_dtype(DType::F32)?.to_vec1()
+}
+
+#[cfg(test)]
+mod tests {
+    use candle_core::{DType, Device, Tensor, Var, D};
+
+    use super::{causal_softmax, matmul_per_head, softmax};
+    use crate::reference::kernels::tests::max_abs_diff;
+
+    /// The unfused form `causal_softmax` replaces: scale, add an additive mask, softmax.
+    fn masked_softmax(scores: &Tensor, scale: f64, window: Option<usize>) -> Tensor {
+        let t = scores.dim(D::Minus1).unwrap();
+        let mask: Vec<f64> = (0..t * t)
+            .map(|e| {
+                let (i, j) = (e / t, e % t);
+                let visible = j <= i && window.is_none_or(|w| i - j < w);
+                if visible {
+                    0.0
+                } else {
+                    f64::NEG_INFINITY
+                }
+            })
+            .collect();
+        let mask = Tensor::from_vec(mask, (t, t), &Device::Cpu).unwrap();
+        softmax(&(scores * scale).unwrap().broadcast_add(&mask).unwrap(), 3).unwrap()
+    }
+
+    #[test]
+    fn causal_softmax_and_its_gradient_equal_the_masked_softmax_of_separate_ops() {
+        let dev = Device::Cpu;
+        for window in [None, Some(1), Some(3)] {
+            let scores = Var::randn(0f64, 2.0, (2, 3, 7, 7), &dev).unwrap();
+            let upstream = Tensor::randn(0f64, 1.0, (2, 3, 7, 7), &dev).unwrap();
+            let fused = causal_softmax(&scores, 0.37, window).unwrap();
+            let unfused = masked_softmax(&scores, 0.37, window);
+            assert!(max_abs_diff(&fused, &unfused) < 1e-14, "window {window:?}");
+
+            let grad_of = |y: &Tensor| {
+                let loss = (y * &upstream).unwrap().sum_all().unwrap();
+                loss.backward().unwrap().get(&scores).unwrap().clone()
+            };
+            let (g_fused, g_unfused) = (grad_of(&fused), grad_of(&unfused));
+            assert!(
+                max_abs_diff(&g_fused, &g_unfused) < 1e-14,
+                "window {window:?}"
+            );
+            // Masked scores get no gradient.
+            assert_eq!(
+                g_fused
+                    .get(1)
+                    .unwrap()
+                    .get(2)
+                    .unwrap()
+                    .get(0)
+                    .unwrap()
+                    .get(5)
+                    .unwrap()
+                    .to_scalar::<f64>()
+                    .unwrap(),
+                0.0
+            );
+        }
+    }
+
+    #[test]
+    fn causal_softmax_rejects_scores_that_are_not_square_and_keeps_f32() {
+        let dev = Device::Cpu;
+        let wide = Tensor::zeros((1, 1, 3, 4), DType::F32, &dev).unwrap();
+        assert!(causal_softmax(&wide, 1.0, None).is_err());
+        let square = Tensor::zeros((1, 1, 3, 3), DType::F32, &dev).unwrap();
+        let y = causal_softmax(&square, 1.0, None).unwrap();
+        assert_eq!(y.dtype(), DType::F32);
+        // Uniform over the visible keys: row 2 sees three.
+        let row: Vec<f32> = y
+            .get(0)
+            .unwrap()
+            .get(0)
+            .unwrap()
+            .get(2)
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        assert_eq!(row, vec![1.0 / 3.0; 3]);
+    }
+
+    #[test]
+    fn matmul_per_head_equals_the_batched_matmul() {
+        let dev = Device::Cpu;
+        let a = Tensor::randn(0f64, 1.0, (2, 3, 5, 4), &dev).unwrap();
+        let b = Tensor::randn(0f64, 1.0, (2, 3, 6, 4), &dev)
+            .unwrap()
+            .t()
+            .unwrap();
+        let per_head = matmul_per_head(&a, &b).unwrap();
+        assert_eq!(per_head.dims(), &[2, 3, 5, 6]);
+        assert!(max_abs_diff(&per_head, &a.matmul(&b).unwrap()) < 1e-14);
+    }
 }
