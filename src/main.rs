@@ -16,18 +16,11 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 /// the same within noise). BENCHMARKS.md has the run.
 const CANDLE_SPIN_LIMIT: &str = "200";
 
-/// Multiply-adds below which the `gemm` crate (candle's CPU matmul) stays on one thread (its
-/// default is 48 * 48 * 256). The reference runs attention's per-head products (128 x 128 x 64
-/// at T = 128) on separate threads itself (`reference::ops::matmul_per_head`); split 16 ways
-/// again each costs more in synchronisation than it computes. BENCHMARKS.md has the run.
-const GEMM_THREADING_THRESHOLD: usize = 128 * 128 * 128;
-
 fn main() -> ExitCode {
     if std::env::var_os("CANDLE_BARRIER_POOL_SPIN_LIMIT").is_none() {
         // Before any thread exists (candle reads it when its pool starts), so nothing races it.
         std::env::set_var("CANDLE_BARRIER_POOL_SPIN_LIMIT", CANDLE_SPIN_LIMIT);
     }
-    gemm::set_threading_threshold(GEMM_THREADING_THRESHOLD);
     let cli = depthlens::cli::Cli::parse();
     match depthlens::cli::run(cli) {
         Ok(code) => code,

@@ -1,6 +1,6 @@
 //! The CPU reference's own kernels, as candle custom ops with their backward, where a chain of
 //! candle ops or candle's threading cost more than the arithmetic (BENCHMARKS.md, session 7):
-//! attention's masked softmax and the weight GEMMs split by columns over the threads.
+//! attention's masked softmax, and GEMMs whose products or column blocks each run on one thread.
 
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor, D};
@@ -139,71 +139,110 @@ impl CustomOp1 for CausalSoftmax {
     }
 }
 
-/// `x · w` (`[m, k]` by `[k, n]`, any strides) for a fixed weight `w`: the columns of the output
-/// split into one block per thread, each block one single-threaded `gemm` call. At T = 128 on
-/// 16 threads the `gemm` crate's own threading ran the model's projections at 300-550 GFLOP/s,
-/// far below what 16 cores give when each works on its own columns.
-pub struct ColumnParallelMatmul;
+/// `a · b` for `[.., m, k]` by `[.., k, n]` (the same leading dims, any strides), each product
+/// single-threaded `gemm` calls spread over the threads: a batch's products (attention heads)
+/// one per thread, and each product's output columns split in blocks when there are fewer
+/// products than threads (a weight GEMM: `[m, k]` by `[k, n]`). The `gemm` crate's own threading
+/// splits every product over all threads: at 16 threads it ran the model's projections at
+/// 300-550 GFLOP/s and one attention head's product at a time (BENCHMARKS.md, session 7).
+pub struct ParallelMatmul;
 
-/// A pointer the worker threads write disjoint column blocks through.
+/// A pointer the worker threads write disjoint blocks of the output through.
 struct SharedOut<F>(*mut F);
-// SAFETY: every thread writes only its own block of columns (see `ColumnParallelMatmul::run`).
+// SAFETY: every work item writes only its own block (see `ParallelMatmul::run`).
 unsafe impl<F> Send for SharedOut<F> {}
 unsafe impl<F> Sync for SharedOut<F> {}
 
-/// `(rows, cols, row stride, column stride, start)` of a 2-D layout.
-fn matrix(layout: &Layout, what: &str) -> Result<(usize, usize, isize, isize, usize)> {
-    let (&[rows, cols], &[rs, cs]) = (layout.dims(), layout.stride()) else {
-        candle_core::bail!(
-            "column-parallel matmul: {what} must be 2-D, not {:?}",
-            layout.dims()
-        );
-    };
-    Ok((rows, cols, rs as isize, cs as isize, layout.start_offset()))
+/// A strided batch of matrices: `(batch dims, rows, cols, row stride, col stride)`.
+struct Matrices<'a> {
+    batch_dims: &'a [usize],
+    batch_strides: &'a [usize],
+    start: usize,
+    rows: usize,
+    cols: usize,
+    rs: isize,
+    cs: isize,
 }
 
-impl ColumnParallelMatmul {
-    fn run<F: Float + 'static>(
-        x: &[F],
-        lx: &Layout,
-        w: &[F],
-        lw: &Layout,
-    ) -> Result<(Vec<F>, Shape)> {
-        let (m, k, x_rs, x_cs, x_start) = matrix(lx, "x")?;
-        let (k2, n, w_rs, w_cs, w_start) = matrix(lw, "w")?;
-        if k != k2 {
-            candle_core::bail!("column-parallel matmul: [{m}, {k}] by [{k2}, {n}]");
+impl<'a> Matrices<'a> {
+    fn of(layout: &'a Layout, what: &str) -> Result<Self> {
+        let (dims, strides) = (layout.dims(), layout.stride());
+        if dims.len() < 2 {
+            candle_core::bail!("parallel matmul: {what} must have 2 or more dims, not {dims:?}");
         }
-        let mut out = vec![F::ZERO; m * n];
-        let blocks = candle_core::utils::get_num_threads().clamp(1, n.div_ceil(16).max(1));
+        let r = dims.len() - 2;
+        Ok(Self {
+            batch_dims: &dims[..r],
+            batch_strides: &strides[..r],
+            start: layout.start_offset(),
+            rows: dims[r],
+            cols: dims[r + 1],
+            rs: strides[r] as isize,
+            cs: strides[r + 1] as isize,
+        })
+    }
+
+    /// Offset of matrix `i` (row-major over the batch dims).
+    fn offset(&self, mut i: usize) -> usize {
+        let mut off = self.start;
+        for (&d, &s) in self.batch_dims.iter().zip(self.batch_strides).rev() {
+            off += (i % d) * s;
+            i /= d;
+        }
+        off
+    }
+}
+
+impl ParallelMatmul {
+    fn run<F: Float + 'static>(
+        a: &[F],
+        la: &Layout,
+        b: &[F],
+        lb: &Layout,
+    ) -> Result<(Vec<F>, Shape)> {
+        let (ma, mb) = (Matrices::of(la, "a")?, Matrices::of(lb, "b")?);
+        let (m, k, n) = (ma.rows, ma.cols, mb.cols);
+        if ma.batch_dims != mb.batch_dims || mb.rows != k {
+            candle_core::bail!("parallel matmul: {:?} by {:?}", la.dims(), lb.dims());
+        }
+        let batches: usize = ma.batch_dims.iter().product();
+        let mut out = vec![F::ZERO; batches * m * n];
+        let threads = candle_core::utils::get_num_threads().max(1);
+        let blocks = threads.div_ceil(batches).clamp(1, n.div_ceil(16).max(1));
         // Multiples of 16 columns, the width of the AVX-512 microkernel's rows.
         let width = n.div_ceil(blocks).div_ceil(16) * 16;
+        let blocks = n.div_ceil(width).max(1);
         let dst = SharedOut(out.as_mut_ptr());
         let dst = &dst;
-        on_candle_threads(n.div_ceil(width), |range| {
-            let blocks_done = range.len();
-            for b in range {
-                let col = b * width;
+        on_candle_threads(batches * blocks, |range| {
+            let items = range.len();
+            for item in range {
+                let (batch, col) = (item / blocks, (item % blocks) * width);
                 let cols = width.min(n - col);
-                // SAFETY: x and w are read within their layouts (candle checked those against
-                // their storage: x[i, j] at x_start + i x_rs + j x_cs, likewise w, for i, j
-                // inside the dims); block b writes out[.., col..col + cols] only, so no two
-                // threads write the same element, and `out` outlives the call.
+                if cols == 0 || m == 0 {
+                    continue;
+                }
+                // SAFETY: a and b are read within their layouts (candle checked those against
+                // their storage: element (i, j) of matrix t at offset(t) + i rs + j cs, for i, j
+                // inside the dims); item (batch, col) writes out[batch][.., col..col + cols]
+                // only, so no two items write the same element, and `out` outlives the call.
                 unsafe {
                     gemm::gemm(
                         m,
                         cols,
                         k,
-                        dst.0.add(col),
+                        dst.0.add(batch * m * n + col),
                         1,
                         n as isize,
                         false,
-                        x.as_ptr().add(x_start),
-                        x_cs,
-                        x_rs,
-                        w.as_ptr().add(w_start).offset(col as isize * w_cs),
-                        w_cs,
-                        w_rs,
+                        a.as_ptr().add(ma.offset(batch)),
+                        ma.cs,
+                        ma.rs,
+                        b.as_ptr()
+                            .add(mb.offset(batch))
+                            .offset(col as isize * mb.cs),
+                        mb.cs,
+                        mb.rs,
                         F::ZERO,
                         F::ONE,
                         false,
@@ -213,15 +252,17 @@ impl ColumnParallelMatmul {
                     );
                 }
             }
-            Ok(vec![(); blocks_done])
+            Ok(vec![(); items])
         })?;
-        Ok((out, Shape::from((m, n))))
+        let mut dims = ma.batch_dims.to_vec();
+        dims.extend([m, n]);
+        Ok((out, Shape::from(dims)))
     }
 }
 
-impl CustomOp2 for ColumnParallelMatmul {
+impl CustomOp2 for ParallelMatmul {
     fn name(&self) -> &'static str {
-        "column-parallel-matmul"
+        "parallel-matmul"
     }
 
     fn cpu_fwd(
@@ -241,7 +282,7 @@ impl CustomOp2 for ColumnParallelMatmul {
                 Ok((CpuStorage::F64(out), shape))
             }
             (x, w) => candle_core::bail!(
-                "column-parallel matmul: {:?} by {:?} (f32 or f64, both the same)",
+                "parallel matmul: {:?} by {:?} (f32 or f64, both the same)",
                 x.dtype(),
                 w.dtype()
             ),
@@ -255,7 +296,17 @@ impl CustomOp2 for ColumnParallelMatmul {
         _res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        Ok((Some(grad.matmul(&w.t()?)?), Some(x.t()?.matmul(grad)?)))
+        // Batched operands made contiguous: candle's matmul refuses some strided batches that
+        // ours takes. (2-D ones it takes as they are; the LM head's is a view of 154 MB.)
+        let fit = |t: &Tensor| {
+            if t.rank() > 2 {
+                t.contiguous()
+            } else {
+                Ok(t.clone())
+            }
+        };
+        let (x, w, grad) = (fit(x)?, fit(w)?, fit(grad)?);
+        Ok((Some(grad.matmul(&w.t()?)?), Some(x.t()?.matmul(&grad)?)))
     }
 }
 
@@ -263,7 +314,7 @@ impl CustomOp2 for ColumnParallelMatmul {
 pub(crate) mod tests {
     use candle_core::{Device, Tensor, Var};
 
-    use super::ColumnParallelMatmul;
+    use super::ParallelMatmul;
 
     /// Largest `|a - b|` of two f64 tensors.
     pub(crate) fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
@@ -280,7 +331,7 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn column_parallel_matmul_and_its_gradients_equal_candles_matmul_at_odd_sizes_and_strides() {
+    fn parallel_matmul_and_its_gradients_equal_candles_matmul_at_odd_sizes_and_strides() {
         let dev = Device::Cpu;
         let x = Var::randn(0f64, 1.0, (13, 37), &dev).unwrap();
         let upstream = Tensor::randn(0f64, 1.0, (13, 101), &dev).unwrap();
@@ -291,7 +342,7 @@ pub(crate) mod tests {
             (row_major.as_tensor().clone(), row_major.as_tensor()),
             (stored.t().unwrap(), stored.as_tensor()),
         ] {
-            let ours = x.apply_op2(&w, ColumnParallelMatmul).unwrap();
+            let ours = x.apply_op2(&w, ParallelMatmul).unwrap();
             let candle = x.matmul(&w).unwrap();
             assert!(max_abs_diff(&ours, &candle) < 1e-12);
             let grads = |y: &Tensor| {
@@ -310,15 +361,56 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn column_parallel_matmul_keeps_f32_and_rejects_mismatched_shapes_and_dtypes() {
+    fn parallel_matmul_of_strided_heads_equals_candles_batched_matmul_with_gradients() {
+        let dev = Device::Cpu;
+        let q = Var::randn(0f64, 1.0, (2, 3, 7, 5), &dev).unwrap();
+        let k = Var::randn(0f64, 1.0, (2, 3, 9, 5), &dev).unwrap();
+        // Kᵀ as a view, as attention reads it; its product is [2, 3, 7, 9].
+        let kt = k.t().unwrap();
+        let upstream = Tensor::randn(0f64, 1.0, (2, 3, 7, 9), &dev).unwrap();
+        let ours = q.apply_op2(&kt, ParallelMatmul).unwrap();
+        let candle = q.matmul(&kt).unwrap();
+        assert_eq!(ours.dims(), &[2, 3, 7, 9]);
+        assert!(max_abs_diff(&ours, &candle) < 1e-12);
+        let grads = |y: &Tensor| {
+            let g = (y * &upstream)
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .backward()
+                .unwrap();
+            (g.get(&q).unwrap().clone(), g.get(&k).unwrap().clone())
+        };
+        let ((gq, gk), (cq, ck)) = (grads(&ours), grads(&candle));
+        assert!(max_abs_diff(&gq, &cq) < 1e-12);
+        assert!(max_abs_diff(&gk, &ck) < 1e-12);
+        // One head of a narrowed batch: offsets inside the storage.
+        let narrowed = q.narrow(1, 1, 2).unwrap();
+        let kt2 = kt.narrow(1, 0, 2).unwrap();
+        let ours = narrowed.apply_op2(&kt2, ParallelMatmul).unwrap();
+        // (candle's matmul refuses this striding: compare with contiguous copies)
+        let expected = narrowed
+            .contiguous()
+            .unwrap()
+            .matmul(&kt2.contiguous().unwrap())
+            .unwrap();
+        assert!(max_abs_diff(&ours, &expected) < 1e-12);
+        let g = ours.sum_all().unwrap().backward().unwrap();
+        assert!(g.get(&q).is_some(), "the backward takes any striding too");
+        let mismatched = k.narrow(1, 0, 2).unwrap().t().unwrap();
+        assert!(q.apply_op2(&mismatched, ParallelMatmul).is_err());
+    }
+
+    #[test]
+    fn parallel_matmul_keeps_f32_and_rejects_mismatched_shapes_and_dtypes() {
         let dev = Device::Cpu;
         let x = Tensor::ones((2, 3), candle_core::DType::F32, &dev).unwrap();
         let w = Tensor::ones((3, 5), candle_core::DType::F32, &dev).unwrap();
-        let y = x.apply_op2(&w, ColumnParallelMatmul).unwrap();
+        let y = x.apply_op2(&w, ParallelMatmul).unwrap();
         assert_eq!(y.to_vec2::<f32>().unwrap(), vec![vec![3.0; 5]; 2]);
         let wrong = Tensor::ones((4, 5), candle_core::DType::F32, &dev).unwrap();
-        assert!(x.apply_op2(&wrong, ColumnParallelMatmul).is_err());
+        assert!(x.apply_op2(&wrong, ParallelMatmul).is_err());
         let w64 = Tensor::ones((3, 5), candle_core::DType::F64, &dev).unwrap();
-        assert!(x.apply_op2(&w64, ColumnParallelMatmul).is_err());
+        assert!(x.apply_op2(&w64, ParallelMatmul).is_err());
     }
 }

@@ -3,7 +3,7 @@
 
 use candle_core::{DType, Device, Result, Tensor, D};
 
-use super::kernels::{on_candle_threads, CausalSoftmax, ColumnParallelMatmul};
+use super::kernels::{CausalSoftmax, ParallelMatmul};
 
 use crate::model::{Linear, Norm, NormKind, Rope, RopeScaling};
 
@@ -44,13 +44,13 @@ pub fn linears(x: &Tensor, group: &[&Linear]) -> Result<Vec<Tensor>> {
 }
 
 /// `x · w` for `[rows, in]` activations and a `[in, out]` weight: split by columns over the
-/// threads ([`ColumnParallelMatmul`]) unless `w` is a training variable, whose GEMMs stay
+/// threads ([`ParallelMatmul`]) unless `w` is a training variable, whose GEMMs stay
 /// candle's own (training batches are large enough for its threading).
 pub fn matmul_weight(x: &Tensor, w: &Tensor, variable: bool) -> Result<Tensor> {
     if variable || x.rank() != 2 {
         return x.matmul(w);
     }
-    x.apply_op2(w, ColumnParallelMatmul)
+    x.apply_op2(w, ParallelMatmul)
 }
 
 /// Mean of squares over the last dimension, kept: `[.., 1]`.
@@ -208,17 +208,11 @@ pub fn causal_attention(
         .reshape((batch * t, heads * hd))
 }
 
-/// `a[b, h] · b[b, h]` for `[B, H, M, K]` and `[B, H, K, N]`, the heads on separate threads.
-/// Candle's batched matmul runs the heads one after another, each split over every thread; at
-/// T = 128 a head's product is too small for that to pay (BENCHMARKS.md).
+/// `a[b, h] · b[b, h]` for `[B, H, M, K]` and `[B, H, K, N]`, the heads on separate threads
+/// ([`ParallelMatmul`]). Candle's batched matmul runs the heads one after another, each split
+/// over every thread, which at 16 threads took 160 ms of a 640 ms trace at T = 512.
 pub fn matmul_per_head(a: &Tensor, b: &Tensor) -> Result<Tensor> {
-    let (batch, heads, m, _) = a.dims4()?;
-    let n = b.dim(3)?;
-    let (a, b) = (a.flatten_to(1)?, b.flatten_to(1)?);
-    let products = on_candle_threads(batch * heads, |range| {
-        range.map(|i| a.get(i)?.matmul(&b.get(i)?)).collect()
-    })?;
-    Tensor::stack(&products, 0)?.reshape((batch, heads, m, n))
+    a.apply_op2(b, ParallelMatmul)
 }
 
 /// `softmax(scale * scores)` along the last dimension of `[.., T, T]` attention scores, with the
