@@ -330,6 +330,28 @@ pub(crate) mod tests {
             .unwrap()
     }
 
+    /// `sum(y * upstream)` has the same gradient at every leaf for `ours` and `candle`.
+    fn assert_same_gradients(
+        ours: &Tensor,
+        candle: &Tensor,
+        upstream: &Tensor,
+        leaves: &[&Tensor],
+    ) {
+        let grads = |y: &Tensor| {
+            (y * upstream)
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .backward()
+                .unwrap()
+        };
+        let (g_ours, g_candle) = (grads(ours), grads(candle));
+        for leaf in leaves {
+            let (a, b) = (g_ours.get(leaf).unwrap(), g_candle.get(leaf).unwrap());
+            assert!(max_abs_diff(a, b) < 1e-12);
+        }
+    }
+
     #[test]
     fn parallel_matmul_and_its_gradients_equal_candles_matmul_at_odd_sizes_and_strides() {
         let dev = Device::Cpu;
@@ -345,18 +367,7 @@ pub(crate) mod tests {
             let ours = x.apply_op2(&w, ParallelMatmul).unwrap();
             let candle = x.matmul(&w).unwrap();
             assert!(max_abs_diff(&ours, &candle) < 1e-12);
-            let grads = |y: &Tensor| {
-                let g = (y * &upstream)
-                    .unwrap()
-                    .sum_all()
-                    .unwrap()
-                    .backward()
-                    .unwrap();
-                (g.get(&x).unwrap().clone(), g.get(leaf).unwrap().clone())
-            };
-            let ((gx, gw), (cx, cw)) = (grads(&ours), grads(&candle));
-            assert!(max_abs_diff(&gx, &cx) < 1e-12);
-            assert!(max_abs_diff(&gw, &cw) < 1e-12);
+            assert_same_gradients(&ours, &candle, &upstream, &[&x, leaf]);
         }
     }
 
@@ -372,18 +383,7 @@ pub(crate) mod tests {
         let candle = q.matmul(&kt).unwrap();
         assert_eq!(ours.dims(), &[2, 3, 7, 9]);
         assert!(max_abs_diff(&ours, &candle) < 1e-12);
-        let grads = |y: &Tensor| {
-            let g = (y * &upstream)
-                .unwrap()
-                .sum_all()
-                .unwrap()
-                .backward()
-                .unwrap();
-            (g.get(&q).unwrap().clone(), g.get(&k).unwrap().clone())
-        };
-        let ((gq, gk), (cq, ck)) = (grads(&ours), grads(&candle));
-        assert!(max_abs_diff(&gq, &cq) < 1e-12);
-        assert!(max_abs_diff(&gk, &ck) < 1e-12);
+        assert_same_gradients(&ours, &candle, &upstream, &[&q, &k]);
         // One head of a narrowed batch: offsets inside the storage.
         let narrowed = q.narrow(1, 1, 2).unwrap();
         let kt2 = kt.narrow(1, 0, 2).unwrap();
