@@ -144,7 +144,7 @@ impl CustomOp1 for CausalSoftmax {
 /// one per thread, and each product's output columns split in blocks when there are fewer
 /// products than threads (a weight GEMM: `[m, k]` by `[k, n]`). The `gemm` crate's own threading
 /// splits every product over all threads: at 16 threads it ran the model's projections at
-/// 300-550 GFLOP/s and one attention head's product at a time (BENCHMARKS.md, session 7).
+/// about 300-650 GFLOP/s and one attention head's product at a time (BENCHMARKS.md, session 7).
 pub struct ParallelMatmul;
 
 /// A pointer the worker threads write disjoint blocks of the output through.
