@@ -83,6 +83,9 @@ float!(f64);
 impl CausalSoftmax {
     /// Rows of `x` (`t` wide; row `r` is query position `r % t`), softmaxed.
     fn rows<F: Float>(&self, x: &[F], t: usize) -> Result<Vec<F>> {
+        if t == 0 {
+            return Ok(Vec::new());
+        }
         let scale = F::from_f64(self.scale);
         let softmax_row = |r: usize| {
             let row = &x[r * t..(r + 1) * t];
@@ -207,6 +210,11 @@ impl ParallelMatmul {
         }
         let batches: usize = ma.batch_dims.iter().product();
         let mut out = vec![F::ZERO; batches * m * n];
+        let mut dims = ma.batch_dims.to_vec();
+        dims.extend([m, n]);
+        if out.is_empty() || k == 0 {
+            return Ok((out, Shape::from(dims)));
+        }
         let threads = candle_core::utils::get_num_threads().max(1);
         let blocks = threads.div_ceil(batches).clamp(1, n.div_ceil(16).max(1));
         // Multiples of 16 columns, the width of the AVX-512 microkernel's rows.
@@ -219,9 +227,6 @@ impl ParallelMatmul {
             for item in range {
                 let (batch, col) = (item / blocks, (item % blocks) * width);
                 let cols = width.min(n - col);
-                if cols == 0 || m == 0 {
-                    continue;
-                }
                 // SAFETY: a and b are read within their layouts (candle checked those against
                 // their storage: element (i, j) of matrix t at offset(t) + i rs + j cs, for i, j
                 // inside the dims); item (batch, col) writes out[batch][.., col..col + cols]
@@ -254,8 +259,6 @@ impl ParallelMatmul {
             }
             Ok(vec![(); items])
         })?;
-        let mut dims = ma.batch_dims.to_vec();
-        dims.extend([m, n]);
         Ok((out, Shape::from(dims)))
     }
 }
@@ -399,6 +402,34 @@ pub(crate) mod tests {
         assert!(g.get(&q).is_some(), "the backward takes any striding too");
         let mismatched = k.narrow(1, 0, 2).unwrap().t().unwrap();
         assert!(q.apply_op2(&mismatched, ParallelMatmul).is_err());
+    }
+
+    #[test]
+    fn empty_products_and_scores_give_empty_results_not_panics() {
+        let dev = Device::Cpu;
+        let f32_zeros =
+            |shape: &[usize]| Tensor::zeros(shape, candle_core::DType::F32, &dev).unwrap();
+        for (a, b, out) in [
+            (vec![0, 4], vec![4, 5], vec![0, 5]),
+            (vec![3, 4], vec![4, 0], vec![3, 0]),
+            (vec![3, 0], vec![0, 5], vec![3, 5]),
+            (vec![0, 2, 3, 4], vec![0, 2, 4, 5], vec![0, 2, 3, 5]),
+        ] {
+            let y = f32_zeros(&a)
+                .apply_op2(&f32_zeros(&b), ParallelMatmul)
+                .unwrap();
+            assert_eq!(y.dims(), out.as_slice());
+            assert!(y
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap()
+                .iter()
+                .all(|&v| v == 0.0));
+        }
+        let scores = f32_zeros(&[1, 2, 0, 0]);
+        let p = super::super::ops::causal_softmax(&scores, 1.0, None).unwrap();
+        assert_eq!(p.dims(), &[1, 2, 0, 0]);
     }
 
     #[test]
