@@ -44,13 +44,19 @@ pub struct CausalSoftmax {
 }
 
 /// The float types the reference runs in (f32; f64 for finite-difference checks).
-trait Float: Copy + Send + Sync + PartialOrd + std::ops::Sub<Output = Self> {
+trait Float:
+    Copy
+    + Send
+    + Sync
+    + PartialOrd
+    + std::ops::Add<Output = Self>
+    + std::ops::Sub<Output = Self>
+    + std::ops::Mul<Output = Self>
+    + std::ops::Div<Output = Self>
+{
     const ZERO: Self;
     const ONE: Self;
     fn from_f64(x: f64) -> Self;
-    fn mul(self, other: Self) -> Self;
-    fn div(self, other: Self) -> Self;
-    fn add(self, other: Self) -> Self;
     fn exp(self) -> Self;
 }
 
@@ -61,15 +67,6 @@ macro_rules! float {
             const ONE: Self = 1.0;
             fn from_f64(x: f64) -> Self {
                 x as $t
-            }
-            fn mul(self, other: Self) -> Self {
-                self * other
-            }
-            fn div(self, other: Self) -> Self {
-                self / other
-            }
-            fn add(self, other: Self) -> Self {
-                self + other
             }
             fn exp(self) -> Self {
                 <$t>::exp(self)
@@ -93,21 +90,20 @@ impl CausalSoftmax {
             let i = r % t;
             let first = self.window.map_or(0, |w| (i + 1).saturating_sub(w));
             let visible = first..=i;
-            let mut max = row[i].mul(scale);
+            let mut max = row[i] * scale;
             for &v in &row[visible.clone()] {
-                let v = v.mul(scale);
-                if v > max {
-                    max = v;
+                if v * scale > max {
+                    max = v * scale;
                 }
             }
             let mut sum = F::ZERO;
             for j in visible.clone() {
-                let e = (row[j].mul(scale) - max).exp();
+                let e = (row[j] * scale - max).exp();
                 out[j] = e;
-                sum = sum.add(e);
+                sum = sum + e;
             }
             for o in &mut out[visible] {
-                *o = o.div(sum);
+                *o = *o / sum;
             }
             out
         };
