@@ -44,8 +44,8 @@ pub fn linears(x: &Tensor, group: &[&Linear]) -> Result<Vec<Tensor>> {
 }
 
 /// `x · w` for `[rows, in]` activations and a `[in, out]` weight: split by columns over the
-/// threads ([`ParallelMatmul`]) unless `w` is a training variable, whose GEMMs stay
-/// candle's own (training batches are large enough for its threading).
+/// threads ([`ParallelMatmul`]) unless `w` is a training variable: training keeps candle's
+/// matmul, which is all its speed was measured with.
 pub fn matmul_weight(x: &Tensor, w: &Tensor, variable: bool) -> Result<Tensor> {
     if variable || x.rank() != 2 {
         return x.matmul(w);
