@@ -3,6 +3,7 @@
 use candle_core::Tensor;
 
 use super::depth::{DepthRule, DepthState, Mixed};
+use super::kernels::SourceDots;
 use super::ops;
 use super::phases::{timed, Span};
 use crate::model::{Activation, AttnResMode, Layer, Mlp, ModelConfig, Weights};
@@ -54,11 +55,15 @@ fn input_stats(sources: &[&Tensor], mixed: &Mixed) -> candle_core::Result<InputS
     };
     let h = mixed.hidden.detach();
     let alpha = mixed.alpha.detach(); // [T, n]
-    let hh = h.sqr()?.sum_keepdim(1)?; // [T, 1]
-
-    // <v_i, h>: [T, n], by candle's sum. (A batched matmul sums in another order: shares cancel,
-    // so that moved one share of the 260-token block:3 parity test by 1e-4 of itself.)
-    let dots = stacked.broadcast_mul(&h.unsqueeze(1)?)?.sum(2)?;
+                                      // <v_i, h> and <h, h>, each summed in order over d. (A batched matmul sums in another order:
+                                      // shares cancel, so that moved one share of the 260-token block:3 parity test by 1e-4 of
+                                      // itself.)
+    let n = alpha.dim(1)?;
+    let dots_hh = stacked
+        .contiguous()?
+        .apply_op2_no_bwd(&h.contiguous()?, &SourceDots)?; // [T, n + 1]
+    let dots = dots_hh.narrow(1, 0, n)?;
+    let hh = dots_hh.narrow(1, n, 1)?;
     // A zero input (an untrained or degenerate model) has no decomposition; report zeros, not NaN.
     let safe_hh = hh.maximum(f32::MIN_POSITIVE)?;
     let shares = (dots * &alpha)?.broadcast_div(&safe_hh)?;

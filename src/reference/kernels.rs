@@ -57,6 +57,7 @@ trait Float:
     const ZERO: Self;
     const ONE: Self;
     fn from_f64(x: f64) -> Self;
+    fn to_f64(self) -> f64;
     fn exp(self) -> Self;
 }
 
@@ -67,6 +68,9 @@ macro_rules! float {
             const ONE: Self = 1.0;
             fn from_f64(x: f64) -> Self {
                 x as $t
+            }
+            fn to_f64(self) -> f64 {
+                self as f64
             }
             fn exp(self) -> Self {
                 <$t>::exp(self)
@@ -309,11 +313,87 @@ impl CustomOp2 for ParallelMatmul {
     }
 }
 
+/// Per token of stacked depth sources `v` `[T, n, d]` and their mix `h` `[T, d]`:
+/// `[<v_1, h>, .., <v_n, h>, <h, h>]` `[T, n + 1]`, the Trace's share statistics, in one pass
+/// over the sources instead of a `[T, n, d]` product and a sum. Each dot accumulates in f64:
+/// shares cancel, and the GPU parity tests hold the GPU to these sums, so the reference's own
+/// rounding should not count against it. Statistics only, so no backward.
+pub struct SourceDots;
+
+impl SourceDots {
+    fn run<F: Float>(v: &[F], h: &[F], t: usize, n: usize, d: usize) -> Result<Vec<F>> {
+        let rows = on_candle_threads(t, |range| {
+            Ok(range
+                .map(|token| {
+                    let hr = &h[token * d..(token + 1) * d];
+                    let mut out = vec![F::ZERO; n + 1];
+                    for (i, o) in out[..n].iter_mut().enumerate() {
+                        let vr = &v[(token * n + i) * d..(token * n + i + 1) * d];
+                        let dot: f64 = vr
+                            .iter()
+                            .zip(hr)
+                            .map(|(&a, &b)| a.to_f64() * b.to_f64())
+                            .sum();
+                        *o = F::from_f64(dot);
+                    }
+                    let hh: f64 = hr.iter().map(|&x| x.to_f64() * x.to_f64()).sum();
+                    out[n] = F::from_f64(hh);
+                    out
+                })
+                .collect())
+        })?;
+        Ok(rows.concat())
+    }
+}
+
+impl CustomOp2 for SourceDots {
+    fn name(&self) -> &'static str {
+        "source-dots"
+    }
+
+    fn cpu_fwd(
+        &self,
+        v: &CpuStorage,
+        lv: &Layout,
+        h: &CpuStorage,
+        lh: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (Some((v0, v1)), Some((h0, h1))) = (lv.contiguous_offsets(), lh.contiguous_offsets())
+        else {
+            candle_core::bail!("source dots: sources and mix must be contiguous");
+        };
+        let (&[t, n, d], &[th, dh]) = (lv.dims(), lh.dims()) else {
+            candle_core::bail!(
+                "source dots: {:?} and {:?}, not [T, n, d] and [T, d]",
+                lv.dims(),
+                lh.dims()
+            );
+        };
+        if (th, dh) != (t, d) {
+            candle_core::bail!("source dots: sources [{t}, {n}, {d}] but mix [{th}, {dh}]");
+        }
+        let out = match (v, h) {
+            (CpuStorage::F32(v), CpuStorage::F32(h)) => {
+                CpuStorage::F32(Self::run(&v[v0..v1], &h[h0..h1], t, n, d)?)
+            }
+            (CpuStorage::F64(v), CpuStorage::F64(h)) => {
+                CpuStorage::F64(Self::run(&v[v0..v1], &h[h0..h1], t, n, d)?)
+            }
+            (v, h) => candle_core::bail!(
+                "source dots: {:?} and {:?} (f32 or f64, both the same)",
+                v.dtype(),
+                h.dtype()
+            ),
+        };
+        Ok((out, Shape::from((t, n + 1))))
+    }
+}
+
 #[cfg(test)]
 pub(crate) mod tests {
-    use candle_core::{Device, Tensor, Var};
+    use candle_core::{DType, Device, Tensor, Var};
 
-    use super::ParallelMatmul;
+    use super::{ParallelMatmul, SourceDots};
 
     /// Largest `|a - b|` of two f64 tensors.
     pub(crate) fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
@@ -403,8 +483,7 @@ pub(crate) mod tests {
     #[test]
     fn empty_products_and_scores_give_empty_results_not_panics() {
         let dev = Device::Cpu;
-        let f32_zeros =
-            |shape: &[usize]| Tensor::zeros(shape, candle_core::DType::F32, &dev).unwrap();
+        let f32_zeros = |shape: &[usize]| Tensor::zeros(shape, DType::F32, &dev).unwrap();
         for (a, b, out) in [
             (vec![0, 4], vec![4, 5], vec![0, 5]),
             (vec![3, 4], vec![4, 0], vec![3, 0]),
@@ -429,15 +508,54 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn source_dots_equal_candles_products_and_sums_and_check_their_shapes() {
+        let dev = Device::Cpu;
+        let v = Tensor::randn(0f64, 1.0, (5, 3, 37), &dev).unwrap();
+        let h = Tensor::randn(0f64, 1.0, (5, 37), &dev).unwrap();
+        let ours = v.apply_op2_no_bwd(&h, &SourceDots).unwrap();
+        let dots = v
+            .broadcast_mul(&h.unsqueeze(1).unwrap())
+            .unwrap()
+            .sum(2)
+            .unwrap();
+        let hh = h.sqr().unwrap().sum_keepdim(1).unwrap();
+        let candle = Tensor::cat(&[dots, hh], 1).unwrap();
+        assert!(max_abs_diff(&ours, &candle) < 1e-12);
+        // f32 inputs: the same sums, rounded once at the end.
+        let (v32, h32) = (
+            v.to_dtype(DType::F32).unwrap(),
+            h.to_dtype(DType::F32).unwrap(),
+        );
+        let ours32 = v32.apply_op2_no_bwd(&h32, &SourceDots).unwrap();
+        let exact = v32
+            .to_dtype(DType::F64)
+            .unwrap()
+            .apply_op2_no_bwd(&h32.to_dtype(DType::F64).unwrap(), &SourceDots)
+            .unwrap();
+        let rounded_once = exact
+            .to_dtype(DType::F32)
+            .unwrap()
+            .to_dtype(DType::F64)
+            .unwrap();
+        assert_eq!(
+            max_abs_diff(&ours32.to_dtype(DType::F64).unwrap(), &rounded_once),
+            0.0
+        );
+        let wrong_mix = Tensor::zeros((4, 37), DType::F64, &dev).unwrap();
+        assert!(v.apply_op2_no_bwd(&wrong_mix, &SourceDots).is_err());
+        assert!(h.apply_op2_no_bwd(&h, &SourceDots).is_err());
+    }
+
+    #[test]
     fn parallel_matmul_keeps_f32_and_rejects_mismatched_shapes_and_dtypes() {
         let dev = Device::Cpu;
-        let x = Tensor::ones((2, 3), candle_core::DType::F32, &dev).unwrap();
-        let w = Tensor::ones((3, 5), candle_core::DType::F32, &dev).unwrap();
+        let x = Tensor::ones((2, 3), DType::F32, &dev).unwrap();
+        let w = Tensor::ones((3, 5), DType::F32, &dev).unwrap();
         let y = x.apply_op2(&w, ParallelMatmul).unwrap();
         assert_eq!(y.to_vec2::<f32>().unwrap(), vec![vec![3.0; 5]; 2]);
-        let wrong = Tensor::ones((4, 5), candle_core::DType::F32, &dev).unwrap();
+        let wrong = Tensor::ones((4, 5), DType::F32, &dev).unwrap();
         assert!(x.apply_op2(&wrong, ParallelMatmul).is_err());
-        let w64 = Tensor::ones((3, 5), candle_core::DType::F64, &dev).unwrap();
+        let w64 = Tensor::ones((3, 5), DType::F64, &dev).unwrap();
         assert!(x.apply_op2(&w64, ParallelMatmul).is_err());
     }
 }
