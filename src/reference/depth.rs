@@ -3,6 +3,7 @@
 
 use candle_core::{Result, Tensor};
 
+use super::ops::mean_square;
 use crate::model::{AttnResMode, DepthQuery};
 
 /// Which rule forms a sublayer's input.
@@ -42,7 +43,7 @@ pub struct Mixed {
 impl DepthState {
     pub fn new(rule: DepthRule, embedding: Tensor) -> Result<Self> {
         let completed_ms = match rule {
-            DepthRule::AttnRes(_) => vec![key_mean_square(&embedding)?],
+            DepthRule::AttnRes(_) => vec![mean_square(&embedding)?],
             DepthRule::ResidualSum => Vec::new(),
         };
         Ok(Self {
@@ -68,15 +69,16 @@ impl DepthState {
         v
     }
 
-    /// The current block's partial sum (Block AttnRes only).
-    pub fn partial(&self) -> Option<&Tensor> {
-        self.partial.as_ref()
-    }
-
-    /// The most recently completed source (the embedding before any block closes).
-    pub fn newest_completed(&self) -> &Tensor {
-        // `completed` starts with the embedding and only grows.
-        &self.completed[self.completed.len() - 1].1
+    /// Block AttnRes: the mean square `[T, 1]` of the current block's partial sum or, right after
+    /// a block closes, of that block (so the Trace's series shows the periodic reset); the one
+    /// [`DepthState::push_output`] made for the keys. `None` for other rules.
+    pub fn partial_mean_square(&self) -> Option<&Tensor> {
+        match self.rule {
+            DepthRule::AttnRes(AttnResMode::Block { .. }) => {
+                self.partial_ms.as_ref().or(self.completed_ms.last())
+            }
+            _ => None,
+        }
     }
 
     /// Record sublayer `label`'s output. `last` closes a trailing short block.
@@ -86,7 +88,7 @@ impl DepthState {
                 self.completed.push((label.to_string(), output));
             }
             DepthRule::AttnRes(AttnResMode::Full) => {
-                self.completed_ms.push(key_mean_square(&output)?);
+                self.completed_ms.push(mean_square(&output)?);
                 self.completed.push((label.to_string(), output));
             }
             DepthRule::AttnRes(AttnResMode::Block { block_size }) => {
@@ -94,7 +96,7 @@ impl DepthState {
                     Some(p) => (p + output)?,
                     None => output,
                 };
-                let partial_ms = key_mean_square(&partial)?;
+                let partial_ms = mean_square(&partial)?;
                 self.in_block += 1;
                 if self.in_block == block_size || last {
                     let label = format!("B{}", self.completed.len());
@@ -147,19 +149,14 @@ pub fn residual_sum(sources: &[&Tensor]) -> Result<Mixed> {
 pub fn depth_attention(sources: &[&Tensor], q: &DepthQuery, eps: f64) -> Result<Mixed> {
     let mean_squares = sources
         .iter()
-        .map(|s| key_mean_square(s))
+        .map(|s| mean_square(s))
         .collect::<Result<Vec<_>>>()?;
     depth_attention_with(sources, &mean_squares.iter().collect::<Vec<_>>(), q, eps)
 }
 
-/// `mean(v^2)` over each row of a `[T, d]` source, as `[T, 1]`: its keys' squared RMS.
-pub fn key_mean_square(source: &Tensor) -> Result<Tensor> {
-    source.sqr()?.mean_keepdim(1)
-}
-
-/// [`depth_attention`] with each source's [`key_mean_square`] already made: a source's stays the
-/// same for every later op, and recomputing them took as long as the rest of the CPU mix
-/// (BENCHMARKS.md, session 6).
+/// [`depth_attention`] with each source's key mean squares (`[T, 1]`, [`mean_square`] of its
+/// rows) already made: a source's stay the same for every later op, and recomputing them took
+/// as long as the rest of the CPU mix (BENCHMARKS.md, session 6).
 pub fn depth_attention_with(
     sources: &[&Tensor],
     mean_squares: &[&Tensor],

@@ -6,7 +6,7 @@ use super::depth::{DepthRule, DepthState, Mixed};
 use super::kernels::SourceDots;
 use super::ops;
 use super::phases::{timed, Span};
-use crate::model::{Activation, AttnResMode, Layer, Mlp, ModelConfig, Weights};
+use crate::model::{Activation, Layer, Mlp, ModelConfig, Weights};
 use crate::progress::Progress;
 use crate::trace::{DepthOp, Mixing, OpKind, Rows};
 
@@ -55,9 +55,10 @@ fn input_stats(sources: &[&Tensor], mixed: &Mixed) -> candle_core::Result<InputS
     };
     let h = mixed.hidden.detach();
     let alpha = mixed.alpha.detach(); // [T, n]
-                                      // <v_i, h> and <h, h>, each summed in order over d. (A batched matmul sums in another order:
-                                      // shares cancel, so that moved one share of the 260-token block:3 parity test by 1e-4 of
-                                      // itself.)
+
+    // <v_i, h> and <h, h>, in one pass (`SourceDots`, f64 sums). Shares cancel, so summation
+    // order shows: a batched matmul here once moved one share of the 260-token block:3 parity
+    // test by 1e-4 of itself.
     let n = alpha.dim(1)?;
     let dots_hh = stacked
         .contiguous()?
@@ -253,17 +254,11 @@ fn forward_batch(
         })?;
         timed("place output", || state.push_output(&name, output, last))?;
         let _phase = Span::start("Trace statistics");
-        // Block: the partial after this sublayer; when the block just closed, that sum is now the
-        // newest completed block, so the series shows the periodic reset.
-        let partial_rms = match rule {
-            DepthRule::AttnRes(AttnResMode::Block { .. }) => {
-                let partial = match state.partial() {
-                    Some(p) => p,
-                    None => state.newest_completed(),
-                };
-                Some(ops::vec_f32(&ops::rms(&partial.detach())?)?)
-            }
-            _ => None,
+        // Block: the partial after this sublayer (or the block it just closed), from the mean
+        // square the depth state keeps for its keys.
+        let partial_rms = match state.partial_mean_square() {
+            Some(ms) => Some(ops::vec_f32(&ms.detach().sqrt()?.squeeze(1)?)?),
+            None => None,
         };
         ops_out.push(DepthOp {
             name,

@@ -210,7 +210,8 @@ pub fn causal_attention(
 
 /// `a[b, h] · b[b, h]` for `[B, H, M, K]` and `[B, H, K, N]`, the heads on separate threads
 /// ([`ParallelMatmul`]). Candle's batched matmul runs the heads one after another, each split
-/// over every thread, which at 16 threads took 160 ms of a 640 ms trace at T = 512.
+/// over every thread: at 16 threads attention took 172-176 ms of a 520-544 ms trace at T = 512,
+/// and 77 ms with this (BENCHMARKS.md, session 7).
 pub fn matmul_per_head(a: &Tensor, b: &Tensor) -> Result<Tensor> {
     a.apply_op2(b, ParallelMatmul)
 }
