@@ -53,6 +53,10 @@ pub struct BenchArgs {
     /// With --matmul: also time every GEMM kernel and split count, not only the chosen one.
     #[arg(long, requires = "matmul")]
     pub sweep: bool,
+    /// With --matmul: also time this NT tile, as BM,BN,BK,TM,TN (a `--shader` experiment's own
+    /// tile, e.g. 128,128,16,8,8), after --sweep's tiles if given. Repeatable.
+    #[arg(long = "tile", requires = "matmul")]
+    pub tiles: Vec<String>,
     /// With --matmul: check each chosen GEMM's output on random operands against candle's CPU
     /// matmul (a column of max error relative to max |C|), so that a `--shader` experiment that
     /// is fast but wrong shows it.
@@ -61,6 +65,10 @@ pub struct BenchArgs {
     /// With --matmul: the side of the square GEMM timed first (4096: the target).
     #[arg(long, default_value_t = 4096, requires = "matmul")]
     pub square: usize,
+    /// With --matmul: only the square GEMM, not the model's shapes (a quick check of a
+    /// `--shader` experiment, or the 4096^3 target alone).
+    #[arg(long, requires = "matmul")]
+    pub square_only: bool,
     /// GEMM policy: workgroups that fill the GPU (smaller tiles, then split-K below it).
     #[arg(long)]
     pub gemm_fill: Option<u64>,
@@ -68,8 +76,8 @@ pub struct BenchArgs {
     #[arg(long)]
     pub min_split_k: Option<u32>,
     /// GEMM policy: the short-prompt NT tile as BM,BN,BK,TM,TN.
-    #[arg(long, value_delimiter = ',')]
-    pub small_tile: Option<Vec<u32>>,
+    #[arg(long)]
+    pub small_tile: Option<String>,
     /// Attention kernel: `gemm` (Q Kᵀ, softmax, P V; the default) or `fused` (flash_attention).
     #[arg(long, value_enum, default_value_t = AttentionKernel::Gemm)]
     pub attention: AttentionKernel,
@@ -177,16 +185,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
             policy.fill = args.gemm_fill.unwrap_or(policy.fill);
             policy.min_split_k = args.min_split_k.unwrap_or(policy.min_split_k);
             if let Some(t) = &args.small_tile {
-                if t.len() != 5 {
-                    bail!("--small-tile takes BM,BN,BK,TM,TN (5 numbers), not {t:?}");
-                }
-                policy.small = NtTile {
-                    bm: t[0],
-                    bn: t[1],
-                    bk: t[2],
-                    tm: t[3],
-                    tn: t[4],
-                };
+                policy.small = parse_tile(t).context("--small-tile")?;
             }
             for path in &args.shaders {
                 let source = std::fs::read_to_string(path)
@@ -239,7 +238,11 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         let q = cfg.num_heads * cfg.head_dim;
         let s = args.square;
         let mut shapes = vec![(s, s, s, format!("{s}^3"))];
-        for t in [64, 512] {
+        for t in if args.square_only {
+            vec![]
+        } else {
+            vec![64, 512]
+        } {
             shapes.extend([
                 (t, q, d, format!("q/o proj T={t}")),
                 (t, cfg.intermediate_size, d, format!("gate/up T={t}")),
@@ -265,7 +268,10 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
                 let ms = engine.time_matmul((m, n, k), Some(*c), 10, 5)?;
                 let mark = if i == 0 { " (chosen)" } else { "" };
                 let err = if args.check {
-                    format!(" {:.1e} |", gemm_error(engine, (m, n, k), *c)?)
+                    format!(
+                        " {:.1e} |",
+                        gemm_error(engine, (m, n, k), GemmUnderTest::Table(*c))?
+                    )
                 } else {
                     String::new()
                 };
@@ -277,12 +283,20 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
                 );
             }
         }
-        if args.sweep {
-            println!("\n| GEMM | NT tile (bm x bn, bk, tm x tn) | splits | ms | TFLOP/s |\n|---|---|---|---|---|");
+        let mut tiles = if args.sweep {
+            TILE_CANDIDATES.to_vec()
+        } else {
+            Vec::new()
+        };
+        for t in &args.tiles {
+            tiles.push(parse_tile(t)?);
+        }
+        if !tiles.is_empty() {
+            println!("\n| GEMM | NT tile (bm x bn, bk, tm x tn) | splits | ms | TFLOP/s |{check_col}\n|---|---|---|---|---|{check_sep}");
             for (m, n, k, name) in &shapes {
                 let (m, n, k) = (*m, *n, *k);
                 let flop = 2.0 * (m * n * k) as f64;
-                for tile in TILE_CANDIDATES {
+                for &tile in &tiles {
                     if m > 64 && tile.bm < 64 {
                         continue;
                     }
@@ -291,8 +305,14 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
                             continue;
                         }
                         let ms = engine.time_matmul_tile((m, n, k), tile, splits, 10, 5)?;
+                        let err = if args.check {
+                            let kernel = GemmUnderTest::Tile(tile, splits);
+                            format!(" {:.1e} |", gemm_error(engine, (m, n, k), kernel)?)
+                        } else {
+                            String::new()
+                        };
                         println!(
-                            "| {name} | {}x{}, {}, {}x{} | {splits} | {ms:.4} | {:.2} |",
+                            "| {name} | {}x{}, {}, {}x{} | {splits} | {ms:.4} | {:.2} |{err}",
                             tile.bm,
                             tile.bn,
                             tile.bk,
@@ -500,6 +520,19 @@ fn gemm_candidates(m: u32, n: u32, k: u32) -> Vec<GemmChoice> {
     out
 }
 
+/// `BM,BN,BK,TM,TN` as an NT tile.
+pub fn parse_tile(text: &str) -> anyhow::Result<NtTile> {
+    let v: Vec<u32> = text
+        .split(',')
+        .map(|x| x.trim().parse::<u32>())
+        .collect::<Result<_, _>>()
+        .with_context(|| format!("tile `{text}`: expected five numbers BM,BN,BK,TM,TN"))?;
+    let [bm, bn, bk, tm, tn] = v[..] else {
+        bail!("tile `{text}`: expected five numbers BM,BN,BK,TM,TN");
+    };
+    Ok(NtTile { bm, bn, bk, tm, tn })
+}
+
 /// NT tiles the `--sweep` tries beyond the table's.
 const TILE_CANDIDATES: [NtTile; 9] = [
     NtTile {
@@ -569,10 +602,17 @@ const TILE_CANDIDATES: [NtTile; 9] = [
 
 /// Largest `|C_gpu - C_cpu|` over the largest `|C_cpu|` for `A B^T` on random operands in
 /// [-1, 1), the GPU through `choice`, the CPU through candle.
+/// A GEMM kernel `--check` compares with candle: one of the table's, or a `--sweep` tile.
+#[derive(Clone, Copy)]
+enum GemmUnderTest {
+    Table(GemmChoice),
+    Tile(NtTile, u32),
+}
+
 fn gemm_error(
     engine: &Engine,
     (m, n, k): (usize, usize, usize),
-    choice: GemmChoice,
+    kernel: GemmUnderTest,
 ) -> anyhow::Result<f64> {
     let mut rng = Rng::new((m * 31 + n * 17 + k) as u64);
     let mut random = |len: usize| -> Vec<f32> {
@@ -581,7 +621,12 @@ fn gemm_error(
             .collect()
     };
     let (a, b) = (random(m * k), random(n * k));
-    let gpu = engine.matmul_nt(&a, &b, (m, n, k), Some(choice))?;
+    let gpu = match kernel {
+        GemmUnderTest::Table(choice) => engine.matmul_nt(&a, &b, (m, n, k), Some(choice))?,
+        GemmUnderTest::Tile(tile, splits) => {
+            engine.matmul_nt_tile(&a, &b, (m, n, k), tile, splits)?
+        }
+    };
     let cpu_device = candle_core::Device::Cpu;
     let at = candle_core::Tensor::from_vec(a, (m, k), &cpu_device)?;
     let bt = candle_core::Tensor::from_vec(b, (n, k), &cpu_device)?;

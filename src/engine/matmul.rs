@@ -236,6 +236,37 @@ impl Engine {
         (m, n, k): (usize, usize, usize),
         forced: Option<GemmChoice>,
     ) -> Result<Vec<f32>, Error> {
+        let choice = forced
+            .unwrap_or_else(|| Gemm::nt(m as u32, n as u32, k as u32).choice(&self.gemm_policy));
+        self.matmul_nt_with(&self.kernels, a, b, (m, n, k), choice)
+    }
+
+    /// Like [`Engine::matmul_nt`] for an NT tile that is not in the kernel table, split `splits`
+    /// ways: how `bench --matmul --sweep --check` checks the tiles it times.
+    pub fn matmul_nt_tile(
+        &self,
+        a: &[f32],
+        b: &[f32],
+        (m, n, k): (usize, usize, usize),
+        tile: NtTile,
+        splits: u32,
+    ) -> Result<Vec<f32>, Error> {
+        let (kernels, kernel) = self
+            .kernels
+            .with_nt_tile(&self.device, tile, None)
+            .map_err(Error::Unsupported)?;
+        let choice = GemmChoice::nt_split(kernel, tile, k as u32, splits);
+        self.matmul_nt_with(&kernels, a, b, (m, n, k), choice)
+    }
+
+    fn matmul_nt_with(
+        &self,
+        kernels: &Kernels,
+        a: &[f32],
+        b: &[f32],
+        (m, n, k): (usize, usize, usize),
+        choice: GemmChoice,
+    ) -> Result<Vec<f32>, Error> {
         if a.len() != m * k || b.len() != n * k {
             return Err(Error::Unsupported(format!(
                 "GEMM operands of {} and {} values for {m}x{k} and {n}x{k}",
@@ -247,7 +278,6 @@ impl Engine {
         let mut plan = Plan::new(self.limits.min_uniform_buffer_offset_alignment);
         let (m, n, k) = (m as u32, n as u32, k as u32);
         let g = Gemm::nt(m, n, k);
-        let choice = forced.unwrap_or_else(|| g.choice(&self.gemm_policy));
         push_gemm(
             &mut plan,
             &g,
@@ -256,7 +286,7 @@ impl Engine {
             false,
         );
         let mut encoder = self.device.create_command_encoder(&Default::default());
-        plan.record(&self.device, &self.kernels, &mut encoder, None);
+        plan.record(&self.device, kernels, &mut encoder, None);
         let bytes = u64::from(m) * u64::from(n) * 4;
         let staging = self.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("C readback"),
