@@ -45,24 +45,29 @@ struct InputStats {
 }
 
 fn input_stats(sources: &[&Tensor], mixed: &Mixed) -> candle_core::Result<InputStats> {
-    let (stacked, mean_sq) = match &mixed.keys {
-        Some((stacked, mean_sq)) => (stacked.detach(), mean_sq.detach()),
-        None => {
-            let stacked = Tensor::stack(sources, 1)?.detach(); // [T, n, d]
-            let mean_sq = stacked.sqr()?.mean(2)?;
-            (stacked, mean_sq)
-        }
-    };
     let h = mixed.hidden.detach();
     let alpha = mixed.alpha.detach(); // [T, n]
-
-    // <v_i, h> and <h, h>, in one pass (`SourceDots`, f64 sums). Shares cancel, so summation
-    // order shows: a batched matmul here once moved one share of the 260-token block:3 parity
-    // test by 1e-4 of itself.
+                                      // <v_i, h> and <h, h> in f64 sums: made by the in-place mix, or here in one pass over the
+                                      // stacked sources (`SourceDots`). Shares cancel, so summation order shows: a batched matmul
+                                      // here once moved one share of the 260-token block:3 parity test by 1e-4 of itself.
+    let (dots_hh, mean_sq) = match (&mixed.source_stats, &mixed.keys) {
+        (Some((dots_hh, mean_sq)), _) => (dots_hh.clone(), mean_sq.detach()),
+        (None, keys) => {
+            let (stacked, mean_sq) = match keys {
+                Some((stacked, mean_sq)) => (stacked.detach(), mean_sq.detach()),
+                None => {
+                    let stacked = Tensor::stack(sources, 1)?.detach(); // [T, n, d]
+                    let mean_sq = stacked.sqr()?.mean(2)?;
+                    (stacked, mean_sq)
+                }
+            };
+            let dots_hh = stacked
+                .contiguous()?
+                .apply_op2_no_bwd(&h.contiguous()?, &SourceDots)?; // [T, n + 1]
+            (dots_hh, mean_sq)
+        }
+    };
     let n = alpha.dim(1)?;
-    let dots_hh = stacked
-        .contiguous()?
-        .apply_op2_no_bwd(&h.contiguous()?, &SourceDots)?; // [T, n + 1]
     let dots = dots_hh.narrow(1, 0, n)?;
     let hh = dots_hh.narrow(1, n, 1)?;
     // A zero input (an untrained or degenerate model) has no decomposition; report zeros, not NaN.
@@ -205,6 +210,13 @@ fn forward_batch(
         DepthRule::AttnRes(_) => Mixing::DepthAttention,
     };
     let mut state = DepthState::new(rule, emb)?;
+    let mix = |state: &DepthState, query| {
+        if record {
+            state.mix_for_trace(query, eps)
+        } else {
+            state.mix(query, eps)
+        }
+    };
     let mut ops_out = Vec::with_capacity(n_ops);
     if let Some(o) = offsets {
         if o.len() != n_ops {
@@ -220,7 +232,7 @@ fn forward_batch(
 
     for l in 0..cfg.num_sublayers() {
         let name = op_name(l, cfg.num_layers);
-        let mixed = timed("depth mix", || state.mix(w.depth_query(l), eps))?;
+        let mixed = timed("depth mix", || mix(&state, w.depth_query(l)))?;
         let (labels, sources): (Vec<String>, Vec<&Tensor>) = state
             .sources()
             .into_iter()
@@ -279,7 +291,7 @@ fn forward_batch(
 
     // The final op: the input of the final norm (AttnRes: the final aggregation over all sources).
     let mixed = timed("depth mix", || {
-        state.mix(w.depth_query(cfg.num_sublayers()), eps)
+        mix(&state, w.depth_query(cfg.num_sublayers()))
     })?;
     let (labels, sources): (Vec<String>, Vec<&Tensor>) = state
         .sources()

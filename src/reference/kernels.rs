@@ -59,6 +59,7 @@ trait Float:
     fn from_f64(x: f64) -> Self;
     fn to_f64(self) -> f64;
     fn exp(self) -> Self;
+    fn sqrt(self) -> Self;
 }
 
 macro_rules! float {
@@ -74,6 +75,9 @@ macro_rules! float {
             }
             fn exp(self) -> Self {
                 <$t>::exp(self)
+            }
+            fn sqrt(self) -> Self {
+                <$t>::sqrt(self)
             }
         }
     };
@@ -329,15 +333,9 @@ impl SourceDots {
                     let mut out = vec![F::ZERO; n + 1];
                     for (i, o) in out[..n].iter_mut().enumerate() {
                         let vr = &v[(token * n + i) * d..(token * n + i + 1) * d];
-                        let dot: f64 = vr
-                            .iter()
-                            .zip(hr)
-                            .map(|(&a, &b)| a.to_f64() * b.to_f64())
-                            .sum();
-                        *o = F::from_f64(dot);
+                        *o = F::from_f64(dot_f64(vr, hr));
                     }
-                    let hh: f64 = hr.iter().map(|&x| x.to_f64() * x.to_f64()).sum();
-                    out[n] = F::from_f64(hh);
+                    out[n] = F::from_f64(dot_f64(hr, hr));
                     out
                 })
                 .collect())
@@ -389,11 +387,235 @@ impl CustomOp2 for SourceDots {
     }
 }
 
+/// `<a, b>` summed in f64, in eight interleaved sums (one running sum is a chain of dependent
+/// adds; eight let the CPU overlap them). f64 makes the order immaterial at f32 inputs.
+fn dot_f64<F: Float>(a: &[F], b: &[F]) -> f64 {
+    let mut lanes = [0f64; 8];
+    let whole = a.len().min(b.len()) / 8 * 8;
+    for (x, y) in a[..whole].chunks_exact(8).zip(b[..whole].chunks_exact(8)) {
+        for l in 0..8 {
+            lanes[l] += x[l].to_f64() * y[l].to_f64();
+        }
+    }
+    let tail: f64 = a[whole..]
+        .iter()
+        .zip(&b[whole..])
+        .map(|(&x, &y)| x.to_f64() * y.to_f64())
+        .sum();
+    lanes.iter().sum::<f64>() + tail
+}
+
+/// `<a, b>` in the input precision, in eight interleaved sums: the depth scores, which candle's
+/// matmul also sums in the input precision.
+fn dot<F: Float>(a: &[F], b: &[F]) -> F {
+    let mut lanes = [F::ZERO; 8];
+    let whole = a.len().min(b.len()) / 8 * 8;
+    for (x, y) in a[..whole].chunks_exact(8).zip(b[..whole].chunks_exact(8)) {
+        for l in 0..8 {
+            lanes[l] = lanes[l] + x[l] * y[l];
+        }
+    }
+    let mut sum = F::ZERO;
+    for (&x, &y) in a[whole..].iter().zip(&b[whole..]) {
+        sum = sum + x * y;
+    }
+    lanes.iter().fold(sum, |acc, &l| acc + l)
+}
+
+/// ATTNRES.md's scores for [`depth_mix_in_place`]: `(w * g) . v_i / sqrt(ms_i + eps)`.
+pub struct DepthScores<'a> {
+    /// The pseudo-query with the key norm's gain folded in, `[d]`.
+    pub folded_query: &'a Tensor,
+    /// Each source's key mean square, `[T, n]`.
+    pub mean_squares: &'a Tensor,
+    pub eps: f64,
+}
+
+/// What [`depth_mix_in_place`] makes.
+pub struct DepthMixOut {
+    /// `h = sum_i alpha_i v_i`, `[T, d]`.
+    pub hidden: Tensor,
+    /// `[T, n]`: the softmax over the scores, or ones for the residual sum.
+    pub alpha: Tensor,
+    /// With statistics: `[<v_1, h>, .., <v_n, h>, <h, h>]` per token, `[T, n + 1]`, in f64 sums
+    /// like [`SourceDots`].
+    pub source_dots: Option<Tensor>,
+    /// With statistics and no scores (the residual sum): each source's mean square, `[T, n]`.
+    pub mean_squares: Option<Tensor>,
+}
+
+/// The depth mix of `sources` (each `[T, d]`), read where they lie: scored and softmaxed over
+/// sources with `scores`, summed with weight 1 without. With `stats`, each source's dot with the
+/// mix (and the residual sum's mean squares) in the same pass, while a token's sources are in
+/// cache. Stacking the sources into `[T, n, d]` for candle's ops was most of the CPU mix's time
+/// (BENCHMARKS.md, session 8). No autograd: [`super::depth`] keeps the stacked path for sources
+/// that track gradients.
+pub fn depth_mix_in_place(
+    sources: &[&Tensor],
+    scores: Option<DepthScores>,
+    stats: bool,
+) -> Result<DepthMixOut> {
+    let Some(first) = sources.first() else {
+        candle_core::bail!("depth mix: no sources");
+    };
+    let (t, d) = first.dims2()?;
+    let n = sources.len();
+    let dtype = first.dtype();
+    let mut operands = Vec::with_capacity(n + 2);
+    for (i, s) in sources.iter().enumerate() {
+        if s.dims() != [t, d] || s.dtype() != dtype {
+            candle_core::bail!(
+                "depth mix: source {i} is {:?} {:?}, source 0 [{t}, {d}] {dtype:?}",
+                s.dims(),
+                s.dtype()
+            );
+        }
+        operands.push(s.contiguous()?);
+    }
+    let eps = match &scores {
+        Some(sc) => {
+            if sc.folded_query.dims() != [d] || sc.mean_squares.dims() != [t, n] {
+                candle_core::bail!(
+                    "depth mix: query {:?} and key mean squares {:?} for {n} sources of [{t}, {d}]",
+                    sc.folded_query.dims(),
+                    sc.mean_squares.dims()
+                );
+            }
+            operands.push(sc.folded_query.to_dtype(dtype)?.contiguous()?);
+            operands.push(sc.mean_squares.to_dtype(dtype)?.contiguous()?);
+            Some(sc.eps)
+        }
+        None => None,
+    };
+    match dtype {
+        candle_core::DType::F32 => mix_sources::<f32>(&operands, n, (t, d), eps, stats),
+        candle_core::DType::F64 => mix_sources::<f64>(&operands, n, (t, d), eps, stats),
+        other => candle_core::bail!("depth mix: {other:?} sources (the reference runs f32 or f64)"),
+    }
+}
+
+/// [`depth_mix_in_place`] on `operands`: the `n` sources, then with `eps` the folded query and
+/// the key mean squares, all contiguous and of type `F`.
+fn mix_sources<F: Float + candle_core::WithDType>(
+    operands: &[Tensor],
+    n: usize,
+    (t, d): (usize, usize),
+    eps: Option<f64>,
+    stats: bool,
+) -> Result<DepthMixOut> {
+    let guards: Vec<_> = operands.iter().map(|x| x.storage_and_layout()).collect();
+    let mut slices: Vec<&[F]> = Vec::with_capacity(guards.len());
+    for (storage, layout) in &guards {
+        let (candle_core::Storage::Cpu(cpu), Some((from, to))) =
+            (&**storage, layout.contiguous_offsets())
+        else {
+            candle_core::bail!("depth mix: the CPU reference's operands must be on the CPU");
+        };
+        slices.push(&cpu.as_slice::<F>()?[from..to]);
+    }
+    let (sources, rest) = slices.split_at(n);
+    let scores = eps.map(|eps| (rest[0], rest[1], <F as Float>::from_f64(eps)));
+    let tokens = on_candle_threads(t, |range| {
+        Ok(range
+            .map(|token| mix_token(sources, scores, token, d, stats))
+            .collect())
+    })?;
+    let mut out = MixedToken {
+        hidden: Vec::with_capacity(t * d),
+        alpha: Vec::with_capacity(t * n),
+        source_dots: Vec::new(),
+        mean_squares: Vec::new(),
+    };
+    for token in tokens {
+        out.hidden.extend(token.hidden);
+        out.alpha.extend(token.alpha);
+        out.source_dots.extend(token.source_dots);
+        out.mean_squares.extend(token.mean_squares);
+    }
+    let device = candle_core::Device::Cpu;
+    let table = |v: Vec<F>, cols: usize| Tensor::from_vec(v, (t, cols), &device);
+    Ok(DepthMixOut {
+        hidden: table(out.hidden, d)?,
+        alpha: table(out.alpha, n)?,
+        source_dots: if stats {
+            Some(table(out.source_dots, n + 1)?)
+        } else {
+            None
+        },
+        mean_squares: if stats && eps.is_none() {
+            Some(table(out.mean_squares, n)?)
+        } else {
+            None
+        },
+    })
+}
+
+/// One token's share of [`depth_mix_in_place`] (the statistics empty when not asked for).
+struct MixedToken<F> {
+    hidden: Vec<F>,
+    alpha: Vec<F>,
+    source_dots: Vec<F>,
+    mean_squares: Vec<F>,
+}
+
+fn mix_token<F: Float>(
+    sources: &[&[F]],
+    scores: Option<(&[F], &[F], F)>,
+    token: usize,
+    d: usize,
+    stats: bool,
+) -> MixedToken<F> {
+    let n = sources.len();
+    let row = |i: usize| &sources[i][token * d..(token + 1) * d];
+    let mut alpha = vec![F::ONE; n];
+    if let Some((query, mean_squares, eps)) = scores {
+        let ms = &mean_squares[token * n..(token + 1) * n];
+        for (i, a) in alpha.iter_mut().enumerate() {
+            *a = dot(row(i), query) / (ms[i] + eps).sqrt();
+        }
+        let max = alpha
+            .iter()
+            .fold(alpha[0], |m, &x| if x > m { x } else { m });
+        let mut sum = F::ZERO;
+        for a in &mut alpha {
+            *a = (*a - max).exp();
+            sum = sum + *a;
+        }
+        for a in &mut alpha {
+            *a = *a / sum;
+        }
+    }
+    let mut hidden = vec![F::ZERO; d];
+    for (i, &a) in alpha.iter().enumerate() {
+        for (h, &v) in hidden.iter_mut().zip(row(i)) {
+            *h = *h + a * v;
+        }
+    }
+    let (mut source_dots, mut mean_squares) = (Vec::new(), Vec::new());
+    if stats {
+        source_dots = (0..n)
+            .map(|i| F::from_f64(dot_f64(row(i), &hidden)))
+            .collect();
+        source_dots.push(F::from_f64(dot_f64(&hidden, &hidden)));
+        if scores.is_none() {
+            mean_squares = (0..n)
+                .map(|i| F::from_f64(dot_f64(row(i), row(i)) / d as f64))
+                .collect();
+        }
+    }
+    MixedToken {
+        hidden,
+        alpha,
+        source_dots,
+        mean_squares,
+    }
+}
+
 #[cfg(test)]
 pub(crate) mod tests {
     use candle_core::{DType, Device, Tensor, Var};
 
-    use super::{ParallelMatmul, SourceDots};
+    use super::{depth_mix_in_place, DepthMixOut, DepthScores, ParallelMatmul, SourceDots};
 
     /// Largest `|a - b|` of two f64 tensors.
     pub(crate) fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
@@ -505,6 +727,37 @@ pub(crate) mod tests {
         let scores = f32_zeros(&[1, 2, 0, 0]);
         let p = super::super::ops::causal_softmax(&scores, 1.0, None).unwrap();
         assert_eq!(p.dims(), &[1, 2, 0, 0]);
+        let no_tokens = f32_zeros(&[0, 6]);
+        let mixed = depth_mix_in_place(&[&no_tokens, &no_tokens], None, true).unwrap();
+        assert_eq!(mixed.hidden.dims(), &[0, 6]);
+        assert_eq!(mixed.source_dots.unwrap().dims(), &[0, 3]);
+    }
+
+    #[test]
+    fn depth_mix_in_place_names_what_does_not_fit() {
+        let dev = Device::Cpu;
+        let zeros = |shape: &[usize], dtype| Tensor::zeros(shape, dtype, &dev).unwrap();
+        let a = zeros(&[3, 4], DType::F32);
+        let message = |r: candle_core::Result<DepthMixOut>| match r {
+            Ok(_) => panic!("accepted"),
+            Err(e) => e.to_string(),
+        };
+        assert!(message(depth_mix_in_place(&[], None, false)).contains("no sources"));
+        let wider = zeros(&[3, 5], DType::F32);
+        assert!(message(depth_mix_in_place(&[&a, &wider], None, false)).contains("source 1"));
+        let f64_source = zeros(&[3, 4], DType::F64);
+        assert!(message(depth_mix_in_place(&[&a, &f64_source], None, false)).contains("F64"));
+        let half = zeros(&[3, 4], DType::F16);
+        assert!(message(depth_mix_in_place(&[&half], None, false)).contains("F16"));
+        let query = zeros(&[4], DType::F32);
+        let wrong_ms = zeros(&[3, 1], DType::F32);
+        let scores = DepthScores {
+            folded_query: &query,
+            mean_squares: &wrong_ms,
+            eps: 1e-6,
+        };
+        assert!(message(depth_mix_in_place(&[&a, &a], Some(scores), false))
+            .contains("key mean squares"));
     }
 
     #[test]

@@ -163,13 +163,31 @@ pub fn trace_tokens(
         None => None,
     };
     let logits = run.forward.logits.detach();
+    let (positions, vocab) = logits.dims2()?;
     let _readout = phases::Span::start("logits readout: loss, top-k");
-    // One pass over the `[T, vocab]` logits gives both the loss and the top-k probabilities;
-    // candle's log-sum-exp would build four logits-sized temporaries for the loss alone.
-    let rows = ops::table_f32(&logits)?;
-    let normalisers = log_normalisers(&rows);
-    let loss = mean_next_token_nll(&rows, &normalisers, &ids);
-    let topk = top_k(&rows, &normalisers, opts.top_k, tokenizer);
+    // One pass over the `[T, vocab]` logits, read where the LM head wrote them, gives both the
+    // loss and the top-k probabilities; candle's log-sum-exp would build four logits-sized
+    // temporaries for the loss alone.
+    let (loss, topk, all_logits) = ops::read_f32(&logits, |flat| {
+        let rows = LogitRows { flat, vocab };
+        let normalisers = log_normalisers(rows);
+        let loss = mean_next_token_nll(rows, &normalisers, &ids);
+        let topk = top_k(rows, &normalisers, opts.top_k, tokenizer);
+        let all = opts
+            .logits
+            .then(|| Rows::from_flat(positions, vocab, flat.to_vec()));
+        (loss, topk, all)
+    })?;
+    let logits = match all_logits {
+        Some(None) => {
+            return Err(Error::Candle(candle_core::Error::Msg(format!(
+                "{} logits for [{positions}, {vocab}]",
+                positions * vocab
+            ))))
+        }
+        Some(Some(rows)) => Some(rows.iter().map(<[f32]>::to_vec).collect()),
+        None => None,
+    };
     Ok(Trace {
         schema_version: TRACE_SCHEMA_VERSION,
         model: ModelSummary::of(cfg),
@@ -179,11 +197,7 @@ pub fn trace_tokens(
         topk,
         loss,
         grads,
-        logits: if opts.logits {
-            Some(rows.iter().map(<[f32]>::to_vec).collect())
-        } else {
-            None
-        },
+        logits,
         warnings,
     })
 }
@@ -279,15 +293,59 @@ impl LogNormaliser {
     }
 }
 
+/// `[T, vocab]` logits, row-major.
+#[derive(Clone, Copy)]
+pub struct LogitRows<'a> {
+    pub flat: &'a [f32],
+    pub vocab: usize,
+}
+
+impl LogitRows<'_> {
+    pub fn len(&self) -> usize {
+        self.flat.len().checked_div(self.vocab).unwrap_or(0)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl std::ops::Index<usize> for LogitRows<'_> {
+    type Output = [f32];
+    fn index(&self, t: usize) -> &[f32] {
+        &self.flat[t * self.vocab..(t + 1) * self.vocab]
+    }
+}
+
 /// One softmax normaliser per row of `[T, vocab]` logits, rows spread over threads.
-pub fn log_normalisers(rows: &Rows) -> Vec<LogNormaliser> {
+pub fn log_normalisers(rows: LogitRows) -> Vec<LogNormaliser> {
     (0..rows.len())
         .into_par_iter()
         .map(|t| {
             let row = &rows[t];
-            let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            // Eight interleaved maxima and sums: one running value is a chain of dependent
+            // operations, eight let the CPU overlap them. (NaN is skipped, as f32::max does.)
+            let (lanes, tail) = row.split_at(row.len() / 8 * 8);
+            let mut maxima = [f32::NEG_INFINITY; 8];
+            for chunk in lanes.chunks_exact(8) {
+                for (m, &x) in maxima.iter_mut().zip(chunk) {
+                    *m = m.max(x);
+                }
+            }
+            let max = maxima
+                .iter()
+                .chain(tail)
+                .copied()
+                .fold(f32::NEG_INFINITY, f32::max);
             // Each term in f32 (x - max <= 0, so exp is within an ulp), summed in f64.
-            let sum: f64 = row.iter().map(|&x| f64::from((x - max).exp())).sum();
+            let term = |x: f32| f64::from((x - max).exp());
+            let mut sums = [0f64; 8];
+            for chunk in lanes.chunks_exact(8) {
+                for (s, &x) in sums.iter_mut().zip(chunk) {
+                    *s += term(x);
+                }
+            }
+            let sum = sums.iter().sum::<f64>() + tail.iter().map(|&x| term(x)).sum::<f64>();
             LogNormaliser {
                 max,
                 log_sum: sum.ln(),
@@ -297,7 +355,11 @@ pub fn log_normalisers(rows: &Rows) -> Vec<LogNormaliser> {
 }
 
 /// Mean cross-entropy of predicting `ids[t + 1]` at every position `t`; `None` for one token.
-pub fn mean_next_token_nll(rows: &Rows, normalisers: &[LogNormaliser], ids: &[u32]) -> Option<f32> {
+pub fn mean_next_token_nll(
+    rows: LogitRows,
+    normalisers: &[LogNormaliser],
+    ids: &[u32],
+) -> Option<f32> {
     if ids.len() < 2 {
         return None;
     }
@@ -337,7 +399,7 @@ fn largest_k(row: &[f32], k: usize) -> Vec<usize> {
 
 /// The `k` most probable next tokens after each position.
 pub fn top_k(
-    rows: &Rows,
+    rows: LogitRows,
     normalisers: &[LogNormaliser],
     k: usize,
     tokenizer: &TextTokenizer,

@@ -243,6 +243,19 @@ pub fn table_f32(t: &Tensor) -> Result<crate::trace::Rows> {
         .ok_or_else(|| candle_core::Error::Msg(format!("a [{rows}, {cols}] tensor's values")))
 }
 
+/// `read` of a tensor's values as f32, where they lie when the tensor is f32 and contiguous
+/// already (the `[T, vocab]` logits: a copy of them took longer than reading them).
+pub fn read_f32<R>(t: &Tensor, read: impl FnOnce(&[f32]) -> R) -> Result<R> {
+    let t = t.to_dtype(DType::F32)?.contiguous()?;
+    let (storage, layout) = t.storage_and_layout();
+    let (candle_core::Storage::Cpu(cpu), Some((from, to))) =
+        (&*storage, layout.contiguous_offsets())
+    else {
+        candle_core::bail!("the CPU reference read a tensor that is not on the CPU");
+    };
+    Ok(read(&cpu.as_slice::<f32>()?[from..to]))
+}
+
 /// A `[n]` tensor as f32.
 pub fn vec_f32(t: &Tensor) -> Result<Vec<f32>> {
     t.to_dtype(DType::F32)?.to_vec1()
