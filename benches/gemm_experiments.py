@@ -2,16 +2,22 @@
 
 Writes variants of shaders/matmul.wgsl's `gemm_nt` (the other kernels stay as shipped), then times
 the shipped file against each with `depthlens bench --matmul --shader` and the whole 12x768 Block
-forward at 512 and 2048 tokens. Every variant computes the same tile per workgroup as the shipped
-build it replaces (the host's dispatch grid is unchanged) and gives the shipped results; some need
+forward at 512 and 2048 tokens. Every variant computes the same tiles as the shipped build it
+replaces (the host's dispatch grid is unchanged; `grouped` only reorders which workgroup takes
+which) and gives the shipped results, except the tile-only ones (TILES), timed on their own
+`--tile` beside the shipped build of it; some need
 more than WebGPU's default 16 KB of workgroup memory, which the engine's own device has on the H100
 (it asks for the adapter's limits). Run from the repository root on the GPU machine, with .gl/ and
 .bench/depthlens carried (see BENCHMARKS.md), after unpacking .gl as benches/h100.sh does:
 
     python3 benches/gemm_experiments.py [VARIANT ...]
+
+`--write-only` writes the variants' files (.bench/gemm-experiments/NAME/matmul.wgsl), prints their
+paths and runs nothing (for checking them elsewhere).
 """
 
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -217,6 +223,164 @@ def direct(text, multiply=MULTIPLY):
     )
 
 
+# Where gemm_nt begins, and its first line after the signature: variants that take their own
+# path insert their code there.
+NT_ENTRY = "@compute @workgroup_size(GWX, GWY, 1)\nfn gemm_nt("
+NT_FIRST = "           @builtin(local_invocation_id) l: vec3<u32>) {\n"
+
+
+# warp2d: the same tile and ownership rule, with the thread's (x, y) taken from its index so a
+# 32-lane warp is 8 x 4 threads instead of 16 x 2: its B reads are then 8 distinct vec4s (one
+# 128-byte shared-memory wavefront, not two) and its A reads 4 broadcast rows. Builds whose
+# GWX is not a multiple of 8 or GWY of 4 keep the shipped (x, y) (the const `select`).
+WARP2D_CONSTS = """
+const W2D: bool = (GWX % 8u) + (GWY % 4u) == 0u; // whole 8 x 4 warps tile the workgroup
+const W2D_X: u32 = max(GWX / 8u, 1u); // warps across a row of threads
+"""
+WARP2D_MAP = """    let lane = lid % 32u;
+    let warp = lid / 32u;
+    let tx = select(l.x, (warp % W2D_X) * 8u + lane % 8u, W2D);
+    let ty = select(l.y, (warp / W2D_X) * 4u + lane / 8u, W2D);
+"""
+
+
+def warp2d(text):
+    """`text` with every l.x / l.y of gemm_nt (from its signature on) read as the remapped tx /
+    ty; the loads index by lid and stay as they are."""
+    section = nt(text)
+    body = text[section]
+    entry = body.index(NT_ENTRY)
+    tail = re.sub(r"\bl\.([xy])\b", r"t\1", body[entry:])
+    tail = replaced(tail, NT_FIRST, NT_FIRST + WARP2D_MAP)
+    body = body[:entry] + WARP2D_CONSTS + "\n" + tail
+    return text[: section.start] + body + text[section.stop :]
+
+
+# nt8x8: a 128 x 128 tile, 8 x 8 outputs per thread, in gemm_nt's own layout (dot products along
+# k from the [m][k / 4] tiles), taken only by the 8 x 8 build (--tile 128,128,16,8,8). The 64
+# accumulators are named variables (an indexed 8 x 8 array spills on the H100); per k / 4 a
+# thread reads B's 8 vec4s (y0..y7: b4 names the B binding), then A one vec4 at a time into 8
+# dot-4 FMA chains. Setup, loads, read-ahead, guards and the split-K / epilogue rules are
+# gemm_nt's.
+N8 = range(8)
+NT8_ACCS = "".join("    " + " ".join(f"var c{i}{j} = 0.0;" for j in N8) + "\n" for i in N8)
+NT8_MULTIPLY = (
+    "        for (var kq = 0u; kq < GKQ; kq++) {\n"
+    + "".join(f"            let y{j} = sb[(tx + {j}u * GWX) * GPAD + kq];\n" for j in N8)
+    + "".join(
+        "            {\n"
+        + f"                let x = sa[(ty + {i}u * GWY) * GPAD + kq];\n"
+        + "".join(
+            f"                c{i}{j} = fma(x.w, y{j}.w, fma(x.z, y{j}.z, fma(x.y, y{j}.y, "
+            f"fma(x.x, y{j}.x, c{i}{j}))));\n"
+            for j in N8
+        )
+        + "            }\n"
+        for i in N8
+    )
+    + "        }\n"
+)
+NT8_STORES = "".join(
+    "    " + " ".join(f"nt8_out(r + {i}u * GWY, cl + {j}u * GWX, part, c_base, c{i}{j});" for j in N8) + "\n"
+    for i in N8
+)
+NT8 = (
+    """
+// One output of the 8 x 8 path, guarded like gemm_nt's: a raw partial sum under split-K, else
+// alpha, bias and accumulation.
+fn nt8_out(row: u32, col: u32, part: u32, c_base: u32, x: f32) {
+    if (row >= p.m || col >= p.n) { return; }
+    if (p.splits > 1u) { c[part + row * p.n + col] = x; return; }
+    var v = p.alpha * x;
+    if (p.has_bias != 0u) { v += bias[p.bias_off + col]; }
+    let idx = c_base + row * p.c_rs + col;
+    if (p.accumulate != 0u) { v += c[idx]; }
+    c[idx] = v;
+}
+
+fn gemm_nt_8x8(wg: vec3<u32>, lid: u32, tx: u32, ty: u32) {
+"""
+    + SETUP
+    + "    var ra: array<vec4<f32>, GLOAD_A>;\n    var rb: array<vec4<f32>, GLOAD_B>;\n"
+    + NT8_ACCS
+    + FIRST_LOADS
+    + "\n    for (var k0 = k_begin; k0 < k_end; k0 += GBK) {\n"
+    + STORES
+    + "        workgroupBarrier();\n"
+    + READ_AHEAD
+    + NT8_MULTIPLY
+    + """        workgroupBarrier();
+    }
+    let part = split * p.split_stride + batch * p.m * p.n;
+    let c_base = p.c_off + batch * p.c_bstride;
+    let r = row0 + ty;
+    let cl = col0 + tx;
+"""
+    + NT8_STORES
+    + "}\n\n"
+)
+
+
+def nt_8x8(text):
+    return in_nt(
+        text,
+        [
+            (NT_ENTRY, NT8 + NT_ENTRY),
+            (NT_FIRST, NT_FIRST + "    if (GTM == 8u && GTN == 8u) { gemm_nt_8x8(wg, lid, l.x, l.y); return; }\n"),
+        ],
+    )
+
+
+# The 8 x 8 path through the table's large build, so that the forward runs it too (a `--tile`
+# build only times GEMMs): that build (128 x 64, 8 x 4) becomes 128 x 128 with 8 x 8 per thread
+# (GBN and GTN doubled in gemm_nt). The host's grid, made for 64 columns per workgroup, then has
+# twice the workgroups needed across: those past the last column exit at once (uniformly,
+# before any barrier; for every other build the grid is exact and the test never holds).
+LARGE_AS_8X8 = """
+const X8: bool = GTM == 8u && GTN == 4u; // the table's large build
+const XGBN: u32 = select(GBN, 2u * GBN, X8);
+const XGTN: u32 = select(GTN, 8u, X8);
+"""
+
+
+def on_large(text):
+    section = nt(text)
+    body = re.sub(r"(?m)^(?!//)(.*)$", lambda m: re.sub(r"\bG(BN|TN)\b", r"XG\1", m[1]), text[section])
+    body = replaced(
+        body,
+        "    let col0 = wg.x * XGBN;\n",
+        "    let col0 = wg.x * XGBN;\n    if (col0 >= p.n) { return; }\n",
+        count=2,
+    )
+    return text[: section.start] + LARGE_AS_8X8 + body + text[section.stop :]
+
+
+# grouped: the shipped kernel with workgroups visited in groups of GROUP_M tile rows (column by
+# column within a group) instead of row by row, so the workgroups resident at once share fewer
+# A rows and B columns and more of each slice comes from L2 (4096^3 on the large tile: a row of
+# 64 tiles reads all of B, 64 MB, more than the H100's 50 MB of L2). Only the tile a workgroup
+# computes moves; the grid and every guard are unchanged.
+GROUP_M = 8
+GROUPED_TILE = f"""    // Workgroup id in dispatch order, then its tile: groups of {GROUP_M} tile rows, column-major in one.
+    let wg_id = wg.y * nwg.x + wg.x;
+    let per_group = {GROUP_M}u * nwg.x;
+    let first_row = (wg_id / per_group) * {GROUP_M}u;
+    let rows = min(nwg.y - first_row, {GROUP_M}u);
+    let row0 = (first_row + (wg_id % per_group) % rows) * GBM;
+    let col0 = ((wg_id % per_group) / rows) * GBN;
+"""
+
+
+def grouped(text):
+    return in_nt(
+        text,
+        [
+            (NT_FIRST, NT_FIRST.replace(") {", ",\n           @builtin(num_workgroups) nwg: vec3<u32>) {")),
+            ("    let row0 = wg.y * GBM;\n    let col0 = wg.x * GBN;\n", GROUPED_TILE),
+        ],
+    )
+
+
 def variants():
     yield "rowwise", "one A vec4 live at a time in the multiply", in_nt(SHIPPED, [(MULTIPLY, ROWWISE_MULTIPLY)])
     yield "direct", "no register read-ahead of the next slice", direct(SHIPPED)
@@ -231,20 +395,71 @@ def variants():
     # 4 A and 8 B vec4s per step, and a warp reads more distinct A rows.
     yield "t4x8", "4 x 8 outputs per thread", with_consts(SHIPPED, nt(SHIPPED), GTM=4, GTN=8)
     yield "outer8x8", "the large build as 8 x 8 per thread, outer-product layout", outer_8x8(SHIPPED)
+    yield "warp2d", "each warp 8 x 4 threads: one wavefront per B read", warp2d(SHIPPED)
+    yield "nt8x8", "128 x 128 tile, 8 x 8 per thread in named registers", nt_8x8(SHIPPED)
+    yield "nt8x8_warp2d", "nt8x8 with warp2d's threads", warp2d(nt_8x8(SHIPPED))
+    yield "nt8x8_large", "nt8x8 in place of the table's large tile", on_large(nt_8x8(SHIPPED))
+    yield "nt8x8_warp2d_large", "nt8x8_warp2d in place of the large tile", on_large(
+        warp2d(nt_8x8(SHIPPED))
+    )
+    yield "grouped", f"workgroups in groups of {GROUP_M} tile rows (L2 reuse)", grouped(SHIPPED)
+
+
+# Variants whose own code only some `--tile` build takes (the table's kernels stay shipped): their
+# runs and the shipped one time those tiles, and the forward, which only uses table tiles, is
+# not timed for them (their `_large` forms run the same code through the table). Before
+# f114f09's successor, `--tile` built from the shipped shader whatever --shader said.
+TILES = {"nt8x8": ["128,128,16,8,8"], "nt8x8_warp2d": ["128,128,16,8,8"]}
+
+
+def tables(stdout):
+    """The rows of each table in `stdout`, by its first header cell ("GEMM (M x K) ..." for the
+    chosen kernels, "GEMM" for the tiles)."""
+    out, name = {}, None
+    for line in stdout.splitlines():
+        if not line.startswith("|"):
+            name = None
+        elif name is None:
+            name = line.split("|")[1].strip()
+            out[name] = []
+        elif not line.startswith("|---"):
+            out[name].append(line)
+    return out
 
 
 def main():
     binary = os.environ.get("DEPTHLENS", ".bench/depthlens")
-    runs = write_variants(variants(), ".bench/gemm-experiments", "matmul.wgsl", set(sys.argv[1:]))
+    args = sys.argv[1:]
+    write_only = "--write-only" in args
+    wanted = set(args) - {"--write-only"}
+    runs = write_variants(variants(), ".bench/gemm-experiments", "matmul.wgsl", wanted)
+    if write_only:
+        print("\n".join(path for _, _, path in runs if path))
+        return
+    # Every tile any requested variant needs, so the shipped run times them too.
+    tiles = list(dict.fromkeys(t for name, _, _ in runs for t in TILES.get(name, [])))
     for name, what, path in runs:
         print(f"## {name}" + (f" ({what})" if what else ""), flush=True)
         shader = ["--shader", path] if path else []
+        own = TILES.get(name, tiles if name == "shipped" else [])
         model = [binary, "bench", "--synthetic", "block,12,768"]
-        out = subprocess.run(model + ["--matmul", "--check"] + shader, capture_output=True, text=True)
+        matmul = model + ["--matmul", "--check"] + shader + [a for t in own for a in ("--tile", t)]
+        out = subprocess.run(matmul, capture_output=True, text=True)
         if out.returncode != 0:
             print("failed:", out.stderr.strip().splitlines()[-1:], flush=True)
             continue
-        print("\n".join(out.stdout.splitlines()[-9:]), flush=True)
+        found = tables(out.stdout)
+        chosen = next(rows for header, rows in found.items() if header.startswith("GEMM ("))
+        if name not in TILES:  # a tile-only variant's table kernels are the shipped ones
+            print("\n".join(chosen), flush=True)
+        # The tiles on 4096^3 and the T=512 shapes, unsplit: where a large tile would be used.
+        for row in found.get("GEMM", []):
+            cells = [c.strip() for c in row.split("|")]
+            if cells[3] == "1" and "T=64" not in cells[1]:
+                print(row, flush=True)
+        if name in TILES:
+            print(f"(forward not timed: its own code builds only for --tile {' '.join(TILES[name])})")
+            continue
         forward = model + ["--tokens", "512,2048", "--iters", "20"] + shader
         out = subprocess.run(forward, capture_output=True, text=True, check=True).stdout
         print("\n".join(out.splitlines()[-2:]), flush=True)

@@ -723,6 +723,9 @@ pub enum KernelId {
 /// All kernels, compiled.
 pub struct Kernels {
     kernels: Vec<Kernel>,
+    /// Shader files replaced by [`Kernels::with_shader_source`], by file name: kernels rebuilt
+    /// later (another NT tile) are built from them too.
+    replaced_sources: Vec<(&'static str, String)>,
 }
 
 impl Kernels {
@@ -754,9 +757,20 @@ impl Kernels {
                 _ => (name, v),
             })
             .collect();
+        let source = self
+            .replaced_sources
+            .iter()
+            .find(|(file, _)| *file == spec.file)
+            .map_or(spec.source, |(_, text)| text.as_str());
         let mut kernels = self.kernels.clone();
-        kernels[id as usize] = build_with(device, spec, &consts);
-        Ok((Self { kernels }, id))
+        kernels[id as usize] = build_from(device, spec, wgsl_from(spec, &consts, source));
+        Ok((
+            Self {
+                kernels,
+                replaced_sources: self.replaced_sources.clone(),
+            },
+            id,
+        ))
     }
 
     /// These kernels with every entry point of shader file `file` (`depth.wgsl`) rebuilt from
@@ -788,12 +802,21 @@ impl Kernels {
                 "no kernel is built from a shader file named `{file}`"
             ));
         }
-        Ok(Self { kernels })
+        let mut replaced_sources = self.replaced_sources.clone();
+        replaced_sources.retain(|(f, _)| *f != file);
+        if let Some(spec) = KERNELS.iter().find(|spec| spec.file == file) {
+            replaced_sources.push((spec.file, source.to_string()));
+        }
+        Ok(Self {
+            kernels,
+            replaced_sources,
+        })
     }
 
     pub fn build_all(device: &wgpu::Device) -> Self {
         Self {
             kernels: KERNELS.iter().map(|s| build(device, s)).collect(),
+            replaced_sources: Vec::new(),
         }
     }
 
