@@ -408,7 +408,7 @@ def variants():
 # Variants whose own code only some `--tile` build takes (the table's kernels stay shipped): their
 # runs and the shipped one time those tiles, and the forward, which only uses table tiles, is
 # not timed for them (their `_large` forms run the same code through the table). Before
-# f114f09's successor, `--tile` built from the shipped shader whatever --shader said.
+# e21d4f4, `--tile` built from the shipped shader whatever --shader said.
 TILES = {"nt8x8": ["128,128,16,8,8"], "nt8x8_warp2d": ["128,128,16,8,8"]}
 
 
