@@ -125,7 +125,7 @@ fn mlp_sublayer(cfg: &ModelConfig, layer: &Layer, x: &Tensor) -> candle_core::Re
             };
             let a = {
                 let _phase = Span::start("MLP: activation");
-                (g.silu()? * u)?
+                ops::silu_mul(&g, &u)?
             };
             let _phase = Span::start("MLP: down projection");
             ops::linear(&a, down)

@@ -3,7 +3,7 @@
 //! attention's masked softmax, and GEMMs whose products or column blocks each run on one thread.
 
 use candle_core::backend::BackendStorage;
-use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor, D};
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor, D};
 
 /// `work` over `0..n` in ranges on candle's element-wise worker threads, results in order.
 /// Not rayon's pool: its threads are the GEMMs', and two pools busy at once on the same cores
@@ -387,6 +387,260 @@ impl CustomOp2 for SourceDots {
     }
 }
 
+/// Rows `0..rows` of `width` values, each written by `row(i, out_row)`, spread over candle's
+/// worker threads: the element-wise kernels below make one pass over their rows this way.
+fn fill_rows<F: Float>(
+    rows: usize,
+    width: usize,
+    row: impl Fn(usize, &mut [F]) + Sync,
+) -> Result<Vec<F>> {
+    let mut out = vec![F::ZERO; rows * width];
+    let dst = SharedOut(out.as_mut_ptr());
+    let dst = &dst;
+    on_candle_threads(rows, |range| {
+        let done = range.len();
+        for i in range {
+            // SAFETY: each row index goes to exactly one worker, so the rows written are
+            // disjoint, and `out` (rows * width values) outlives the call.
+            let out_row = unsafe { std::slice::from_raw_parts_mut(dst.0.add(i * width), width) };
+            row(i, out_row);
+        }
+        Ok(vec![(); done])
+    })?;
+    Ok(out)
+}
+
+/// `$run` on the slices of two contiguous operands of one float type (f32 or f64), its result
+/// wrapped as storage of that type; an error naming `$what` otherwise.
+macro_rules! on_two_floats {
+    ($what:expr, ($a:expr, $la:expr), ($b:expr, $lb:expr), |$x:ident, $y:ident| $run:expr) => {
+        match ($a, $b) {
+            (CpuStorage::F32(a), CpuStorage::F32(b)) => {
+                let ($x, $y) = (contiguous(a, $la, $what)?, contiguous(b, $lb, $what)?);
+                CpuStorage::F32($run)
+            }
+            (CpuStorage::F64(a), CpuStorage::F64(b)) => {
+                let ($x, $y) = (contiguous(a, $la, $what)?, contiguous(b, $lb, $what)?);
+                CpuStorage::F64($run)
+            }
+            (a, b) => candle_core::bail!(
+                "{}: {:?} and {:?} (f32 or f64, both alike)",
+                $what,
+                a.dtype(),
+                b.dtype()
+            ),
+        }
+    };
+}
+
+/// The slice of a contiguous operand, or an error naming `what`.
+fn contiguous<'a, F>(data: &'a [F], layout: &Layout, what: &str) -> Result<&'a [F]> {
+    match layout.contiguous_offsets() {
+        Some((from, to)) => Ok(&data[from..to]),
+        None => candle_core::bail!("{what}: operands must be contiguous"),
+    }
+}
+
+/// Rotate-half RoPE on `x` `[.., T, hd]` with tables `[T, hd]` (each half repeated, as
+/// [`super::ops::rope_tables`] makes them): `x cos + rotate_half(x) sin` in one pass, in place of
+/// five candle ops (two narrows, a negation, a concatenation, two products and a sum).
+pub struct RotateHalf;
+
+impl RotateHalf {
+    fn run<F: Float>(
+        (x, lx): (&[F], &Layout),
+        cos: &[F],
+        sin: &[F],
+        (lc, ls, t, hd): (&Layout, &Layout, usize, usize),
+    ) -> Result<Vec<F>> {
+        let x = contiguous(x, lx, "rope")?;
+        let (cos, sin) = (contiguous(cos, lc, "rope")?, contiguous(sin, ls, "rope")?);
+        let half = hd / 2;
+        fill_rows(x.len() / hd.max(1), hd, |r, out| {
+            let xr = &x[r * hd..(r + 1) * hd];
+            let pos = (r % t) * hd;
+            let (c, s) = (&cos[pos..pos + hd], &sin[pos..pos + hd]);
+            for j in 0..half {
+                out[j] = xr[j] * c[j] - xr[j + half] * s[j];
+                out[j + half] = xr[j + half] * c[j + half] + xr[j] * s[j + half];
+            }
+        })
+    }
+}
+
+impl CustomOp3 for RotateHalf {
+    fn name(&self) -> &'static str {
+        "rope"
+    }
+
+    fn cpu_fwd(
+        &self,
+        x: &CpuStorage,
+        lx: &Layout,
+        cos: &CpuStorage,
+        lc: &Layout,
+        sin: &CpuStorage,
+        ls: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let dims = lx.dims();
+        let (&[t, hd], true) = (lc.dims(), dims.len() >= 2) else {
+            candle_core::bail!("rope: x {dims:?} and tables {:?}", lc.dims());
+        };
+        if ls.dims() != [t, hd] || dims[dims.len() - 2..] != [t, hd] || hd % 2 != 0 {
+            candle_core::bail!(
+                "rope: x {dims:?}, tables {:?} and {:?}",
+                lc.dims(),
+                ls.dims()
+            );
+        }
+        let tables = (lc, ls, t, hd);
+        let out = match (x, cos, sin) {
+            (CpuStorage::F32(x), CpuStorage::F32(c), CpuStorage::F32(s)) => {
+                CpuStorage::F32(Self::run((x, lx), c, s, tables)?)
+            }
+            (CpuStorage::F64(x), CpuStorage::F64(c), CpuStorage::F64(s)) => {
+                CpuStorage::F64(Self::run((x, lx), c, s, tables)?)
+            }
+            (x, ..) => candle_core::bail!("rope: {:?} (f32 or f64, tables alike)", x.dtype()),
+        };
+        Ok((out, lx.shape().clone()))
+    }
+
+    /// The rotation is linear and its halves' tables are equal, so its transpose is the same
+    /// rotation with `-sin`. The tables are constants.
+    fn bwd(
+        &self,
+        _x: &Tensor,
+        cos: &Tensor,
+        sin: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let dx = grad.contiguous()?.apply_op3(cos, &sin.neg()?, RotateHalf)?;
+        Ok((Some(dx), None, None))
+    }
+}
+
+/// RMSNorm of the rows of `x` `[.., d]` with gain `w` `[d]`: `x w / sqrt(mean(x^2) + eps)` in
+/// one pass per row, in place of five candle ops.
+pub struct RmsNorm {
+    pub eps: f64,
+}
+
+impl RmsNorm {
+    fn run<F: Float>(&self, x: &[F], w: &[F]) -> Result<Vec<F>> {
+        let d = w.len();
+        let eps = self.eps;
+        fill_rows(x.len() / d.max(1), d, |r, out| {
+            let xr = &x[r * d..(r + 1) * d];
+            // The mean square in the input precision, as candle's ops and the GPU sum it: with
+            // an f64 sum here, the wide GPU parity test's logits differed by 1.2e-5 normwise,
+            // past its 1e-5 bar.
+            let mean_square = dot(xr, xr) / F::from_f64(d as f64);
+            let inv = F::ONE / (mean_square + F::from_f64(eps)).sqrt();
+            for ((o, &v), &g) in out.iter_mut().zip(xr).zip(w) {
+                *o = v * inv * g;
+            }
+        })
+    }
+}
+
+impl CustomOp2 for RmsNorm {
+    fn name(&self) -> &'static str {
+        "rms-norm"
+    }
+
+    fn cpu_fwd(
+        &self,
+        x: &CpuStorage,
+        lx: &Layout,
+        w: &CpuStorage,
+        lw: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let d = lw.dims().iter().product::<usize>();
+        if lx.dims().last() != Some(&d) || lw.dims().len() != 1 {
+            candle_core::bail!("rms norm: rows {:?} and gain {:?}", lx.dims(), lw.dims());
+        }
+        let out = on_two_floats!("rms norm", (x, lx), (w, lw), |x, w| self.run(x, w)?);
+        Ok((out, lx.shape().clone()))
+    }
+
+    /// With `r = 1 / sqrt(mean(x^2) + eps)` per row and `u = g w`:
+    /// `dx = r u - x r^3 mean(u x)`, `dw = sum over rows of g x r`.
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let r = (x.sqr()?.mean_keepdim(D::Minus1)? + self.eps)?
+            .sqrt()?
+            .recip()?;
+        let u = grad.broadcast_mul(w)?;
+        let mean_ux = (&u * x)?.mean_keepdim(D::Minus1)?;
+        let dx = (u.broadcast_mul(&r)? - x.broadcast_mul(&(r.powf(3.0)? * mean_ux)?)?)?;
+        let normed = x.broadcast_mul(&r)?;
+        let rows = normed.elem_count() / w.elem_count().max(1);
+        let dw = (grad * normed)?
+            .reshape((rows, w.elem_count()))?
+            .sum(0)?
+            .reshape(w.shape())?;
+        Ok((Some(dx), Some(dw)))
+    }
+}
+
+/// SwiGLU's `silu(g) u` for `g`, `u` of one shape, one pass in place of two candle ops.
+pub struct SiluMul;
+
+impl SiluMul {
+    fn run<F: Float>(g: &[F], u: &[F], width: usize) -> Result<Vec<F>> {
+        fill_rows(g.len() / width.max(1), width, |r, out| {
+            let span = r * width..(r + 1) * width;
+            for ((o, &a), &b) in out.iter_mut().zip(&g[span.clone()]).zip(&u[span]) {
+                *o = a / (F::ONE + (F::ZERO - a).exp()) * b;
+            }
+        })
+    }
+}
+
+impl CustomOp2 for SiluMul {
+    fn name(&self) -> &'static str {
+        "silu-mul"
+    }
+
+    fn cpu_fwd(
+        &self,
+        g: &CpuStorage,
+        lg: &Layout,
+        u: &CpuStorage,
+        lu: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        if lg.dims() != lu.dims() {
+            candle_core::bail!("silu mul: {:?} and {:?}", lg.dims(), lu.dims());
+        }
+        let width = lg.dims().last().copied().unwrap_or(1);
+        let out = on_two_floats!("silu mul", (g, lg), (u, lu), |g, u| Self::run(g, u, width)?);
+        Ok((out, lg.shape().clone()))
+    }
+
+    /// `s = sigmoid(g)`: `dg = grad u s (1 + g (1 - s))`, `du = grad g s`.
+    fn bwd(
+        &self,
+        g: &Tensor,
+        u: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let s = (g.neg()?.exp()? + 1.0)?.recip()?;
+        let silu = (g * &s)?;
+        let slope = (&s * ((g * (1.0 - &s)?)? + 1.0)?)?;
+        let dg = ((grad * u)? * slope)?;
+        let du = (grad * silu)?;
+        Ok((Some(dg), Some(du)))
+    }
+}
+
 /// `<a, b>` summed in f64, in eight interleaved sums (one running sum is a chain of dependent
 /// adds; eight let the CPU overlap them). f64 makes the order immaterial at f32 inputs.
 fn dot_f64<F: Float>(a: &[F], b: &[F]) -> f64 {
@@ -615,7 +869,10 @@ fn mix_token<F: Float>(
 pub(crate) mod tests {
     use candle_core::{DType, Device, Tensor, Var};
 
-    use super::{depth_mix_in_place, DepthMixOut, DepthScores, ParallelMatmul, SourceDots};
+    use super::{
+        depth_mix_in_place, DepthMixOut, DepthScores, ParallelMatmul, RmsNorm, RotateHalf, SiluMul,
+        SourceDots,
+    };
 
     /// Largest `|a - b|` of two f64 tensors.
     pub(crate) fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
@@ -731,6 +988,60 @@ pub(crate) mod tests {
         let mixed = depth_mix_in_place(&[&no_tokens, &no_tokens], None, true).unwrap();
         assert_eq!(mixed.hidden.dims(), &[0, 6]);
         assert_eq!(mixed.source_dots.unwrap().dims(), &[0, 3]);
+    }
+
+    #[test]
+    fn rotate_half_rope_and_its_gradient_equal_candles_narrow_cat_form() {
+        let dev = Device::Cpu;
+        let x = Var::randn(0f64, 1.0, (2, 3, 5, 6), &dev).unwrap();
+        let angles = Tensor::randn(0f64, 2.0, (5, 3), &dev).unwrap();
+        let repeat = |t: Tensor| Tensor::cat(&[&t, &t], 1).unwrap();
+        let (cos, sin) = (repeat(angles.cos().unwrap()), repeat(angles.sin().unwrap()));
+        let ours = x.apply_op3(&cos, &sin, RotateHalf).unwrap();
+        let (x1, x2) = (x.narrow(3, 0, 3).unwrap(), x.narrow(3, 3, 3).unwrap());
+        let rotated = Tensor::cat(&[&x2.neg().unwrap(), &x1], 3).unwrap();
+        let candle =
+            (x.broadcast_mul(&cos).unwrap() + rotated.broadcast_mul(&sin).unwrap()).unwrap();
+        assert!(max_abs_diff(&ours, &candle) < 1e-12);
+        let upstream = Tensor::randn(0f64, 1.0, (2, 3, 5, 6), &dev).unwrap();
+        assert_same_gradients(&ours, &candle, &upstream, &[&x]);
+        let odd = Tensor::zeros((5, 5), DType::F64, &dev).unwrap();
+        assert!(x.apply_op3(&odd, &odd, RotateHalf).is_err());
+    }
+
+    #[test]
+    fn rms_norm_and_its_gradients_equal_candles_ops() {
+        let dev = Device::Cpu;
+        let x = Var::randn(0f64, 1.0, (7, 13), &dev).unwrap();
+        let w = Var::randn(1f64, 0.2, 13, &dev).unwrap();
+        let eps = 1e-5;
+        let ours = x.apply_op2(&w, RmsNorm { eps }).unwrap();
+        let inv = (x.sqr().unwrap().mean_keepdim(1).unwrap() + eps)
+            .unwrap()
+            .sqrt()
+            .unwrap()
+            .recip()
+            .unwrap();
+        let candle = x.broadcast_mul(&inv).unwrap().broadcast_mul(&w).unwrap();
+        assert!(max_abs_diff(&ours, &candle) < 1e-12);
+        let upstream = Tensor::randn(0f64, 1.0, (7, 13), &dev).unwrap();
+        assert_same_gradients(&ours, &candle, &upstream, &[&x, &w]);
+        let short_gain = Tensor::ones(12, DType::F64, &dev).unwrap();
+        assert!(x.apply_op2(&short_gain, RmsNorm { eps }).is_err());
+    }
+
+    #[test]
+    fn silu_mul_and_its_gradients_equal_candles_silu_times_up() {
+        let dev = Device::Cpu;
+        let g = Var::randn(0f64, 3.0, (5, 11), &dev).unwrap();
+        let u = Var::randn(0f64, 1.0, (5, 11), &dev).unwrap();
+        let ours = g.apply_op2(&u, SiluMul).unwrap();
+        let candle = (g.silu().unwrap() * u.as_tensor()).unwrap();
+        assert!(max_abs_diff(&ours, &candle) < 1e-12);
+        let upstream = Tensor::randn(0f64, 1.0, (5, 11), &dev).unwrap();
+        assert_same_gradients(&ours, &candle, &upstream, &[&g, &u]);
+        let other = Tensor::zeros((11, 5), DType::F64, &dev).unwrap();
+        assert!(g.apply_op2(&other, SiluMul).is_err());
     }
 
     #[test]

@@ -3,7 +3,7 @@
 
 use candle_core::{DType, Device, Result, Tensor, D};
 
-use super::kernels::{CausalSoftmax, ParallelMatmul};
+use super::kernels::{CausalSoftmax, ParallelMatmul, RmsNorm, RotateHalf, SiluMul};
 
 use crate::model::{Linear, Norm, NormKind, Rope, RopeScaling};
 
@@ -66,10 +66,9 @@ pub fn rms(x: &Tensor) -> Result<Tensor> {
 /// PreNorm / final norm.
 pub fn norm(x: &Tensor, n: &Norm, kind: NormKind) -> Result<Tensor> {
     match kind {
-        NormKind::Rms { eps } => {
-            let inv = (mean_square(x)? + eps)?.sqrt()?.recip()?;
-            x.broadcast_mul(&inv)?.broadcast_mul(&n.weight)
-        }
+        NormKind::Rms { eps } => x
+            .contiguous()?
+            .apply_op2(&n.weight.contiguous()?, RmsNorm { eps }),
         NormKind::Layer { eps } => {
             let mean = x.mean_keepdim(D::Minus1)?;
             let centred = x.broadcast_sub(&mean)?;
@@ -164,12 +163,13 @@ pub fn rope_tables(
 
 /// Rotate-half RoPE on `[H, T, hd]`: `x cos + rotate_half(x) sin`.
 pub fn apply_rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
-    let hd = x.dim(D::Minus1)?;
-    let half = hd / 2;
-    let x1 = x.narrow(D::Minus1, 0, half)?;
-    let x2 = x.narrow(D::Minus1, half, half)?;
-    let rotated = Tensor::cat(&[&x2.neg()?, &x1], D::Minus1)?;
-    x.broadcast_mul(cos)? + rotated.broadcast_mul(sin)?
+    x.contiguous()?
+        .apply_op3(&cos.contiguous()?, &sin.contiguous()?, RotateHalf)
+}
+
+/// SwiGLU's activation `silu(gate) * up`, in one pass.
+pub fn silu_mul(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
+    gate.contiguous()?.apply_op2(&up.contiguous()?, SiluMul)
 }
 
 /// `[B * T, heads * hd]` -> `[B, heads, T, hd]`.
