@@ -403,6 +403,7 @@ def variants():
         warp2d(nt_8x8(SHIPPED))
     )
     yield "grouped", f"workgroups in groups of {GROUP_M} tile rows (L2 reuse)", grouped(SHIPPED)
+    yield "warp2d_grouped", "warp2d and grouped together", grouped(warp2d(SHIPPED))
 
 
 # Variants whose own code only some `--tile` build takes (the table's kernels stay shipped): their
