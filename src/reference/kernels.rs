@@ -213,12 +213,15 @@ impl ParallelMatmul {
             candle_core::bail!("parallel matmul: {:?} by {:?}", la.dims(), lb.dims());
         }
         let batches: usize = ma.batch_dims.iter().product();
-        let mut out = vec![F::ZERO; batches * m * n];
+        let len = batches * m * n;
         let mut dims = ma.batch_dims.to_vec();
         dims.extend([m, n]);
-        if out.is_empty() || k == 0 {
-            return Ok((out, Shape::from(dims)));
+        if len == 0 || k == 0 {
+            return Ok((vec![F::ZERO; len], Shape::from(dims)));
         }
+        // Not zeroed: every element is written below, and zeroing the LM head's output (103 MB
+        // at T=512) first was a serial memset.
+        let mut out: Vec<F> = Vec::with_capacity(len);
         let threads = candle_core::utils::get_num_threads().max(1);
         let blocks = threads.div_ceil(batches).clamp(1, n.div_ceil(16).max(1));
         // Multiples of 16 columns, the width of the AVX-512 microkernel's rows.
@@ -263,6 +266,10 @@ impl ParallelMatmul {
             }
             Ok(vec![(); items])
         })?;
+        // SAFETY: with k > 0 the items' column blocks cover all n columns of every batch, gemm
+        // without read_dst writes every element of its block, and on_candle_threads returned
+        // only after every item ran.
+        unsafe { out.set_len(len) };
         Ok((out, Shape::from(dims)))
     }
 }
@@ -394,19 +401,29 @@ fn fill_rows<F: Float>(
     width: usize,
     row: impl Fn(usize, &mut [F]) + Sync,
 ) -> Result<Vec<F>> {
-    let mut out = vec![F::ZERO; rows * width];
+    // Zeroed row by row on the workers, not all at once here: a `vec![0; n]` of the MLP's
+    // width was a serial memset that made this op slower than candle's two at 16 threads.
+    let len = rows * width;
+    let mut out: Vec<F> = Vec::with_capacity(len);
     let dst = SharedOut(out.as_mut_ptr());
     let dst = &dst;
     on_candle_threads(rows, |range| {
         let done = range.len();
         for i in range {
-            // SAFETY: each row index goes to exactly one worker, so the rows written are
-            // disjoint, and `out` (rows * width values) outlives the call.
-            let out_row = unsafe { std::slice::from_raw_parts_mut(dst.0.add(i * width), width) };
+            // SAFETY: each row index goes to exactly one worker, so the rows are disjoint and
+            // inside the `len` values allocated; all-zero bytes are 0.0 for f32 and f64 (the
+            // only `Float`s), so the row is initialised before it is borrowed.
+            let out_row = unsafe {
+                let start = dst.0.add(i * width);
+                std::ptr::write_bytes(start, 0, width);
+                std::slice::from_raw_parts_mut(start, width)
+            };
             row(i, out_row);
         }
         Ok(vec![(); done])
     })?;
+    // SAFETY: on_candle_threads returned only after every row 0..rows was initialised above.
+    unsafe { out.set_len(len) };
     Ok(out)
 }
 
