@@ -172,9 +172,11 @@ fn residual_sum_with(sources: &[&Tensor], stats: bool) -> Result<Mixed> {
 }
 
 /// ATTNRES.md: `alpha_i = softmax_i((w * g) . v_i / sqrt(mean(v_i^2) + eps))`, `h = sum_i alpha_i v_i`.
-/// `(v / r) . q = (v . q) / r`, so the keys need no normalised copy. The sources are stacked as
-/// `[T, n, d]` so that every reduction runs over a last dimension and the mix is one batched
-/// matmul: candle's CPU reductions over a leading dimension are several times slower.
+/// `(v / r) . q = (v . q) / r`, so the keys need no normalised copy. Without gradients the mix
+/// reads the sources where they lie ([`depth_mix_in_place`]). With them, candle's ops carry the
+/// autograd: the sources are stacked as `[T, n, d]` so that every reduction runs over a last
+/// dimension and the mix is one batched matmul, because candle's CPU reductions over a leading
+/// dimension are several times slower.
 pub fn depth_attention(sources: &[&Tensor], q: &DepthQuery, eps: f64) -> Result<Mixed> {
     let mean_squares = sources
         .iter()
