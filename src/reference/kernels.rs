@@ -1,6 +1,8 @@
 //! The CPU reference's own kernels, as candle custom ops with their backward, where a chain of
-//! candle ops or candle's threading cost more than the arithmetic (BENCHMARKS.md, session 7):
-//! attention's masked softmax, and GEMMs whose products or column blocks each run on one thread.
+//! candle ops or candle's threading cost more than the arithmetic (BENCHMARKS.md, sessions 7
+//! and 8): attention's masked softmax, GEMMs whose products or column blocks each run on one
+//! thread, RoPE, RMSNorm and SwiGLU's activation. Two more have no backward: the Trace's source
+//! dots, and the depth mix read in place (its callers keep a differentiable path).
 
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor, D};
