@@ -47,9 +47,10 @@ struct InputStats {
 fn input_stats(sources: &[&Tensor], mixed: &Mixed) -> candle_core::Result<InputStats> {
     let h = mixed.hidden.detach();
     let alpha = mixed.alpha.detach(); // [T, n]
-                                      // <v_i, h> and <h, h> in f64 sums: made by the in-place mix, or here in one pass over the
-                                      // stacked sources (`SourceDots`). Shares cancel, so summation order shows: a batched matmul
-                                      // here once moved one share of the 260-token block:3 parity test by 1e-4 of itself.
+
+    // <v_i, h> and <h, h> in f64 sums: made by the in-place mix, or here in one pass over the
+    // stacked sources (`SourceDots`). Shares cancel, so summation order shows: a batched matmul
+    // here once moved one share of the 260-token block:3 parity test by 1e-4 of itself.
     let (dots_hh, mean_sq) = match (&mixed.source_stats, &mixed.keys) {
         (Some((dots_hh, mean_sq)), _) => (dots_hh.clone(), mean_sq.detach()),
         (None, keys) => {

@@ -94,9 +94,9 @@ impl CausalSoftmax {
             return Ok(Vec::new());
         }
         let scale = F::from_f64(self.scale);
-        let softmax_row = |r: usize| {
+        // Each output row starts zeroed: masked entries stay 0.
+        let softmax_row = |r: usize, out: &mut [F]| {
             let row = &x[r * t..(r + 1) * t];
-            let mut out = vec![F::ZERO; t];
             let i = r % t;
             let first = self.window.map_or(0, |w| (i + 1).saturating_sub(w));
             let visible = first..=i;
@@ -115,10 +115,8 @@ impl CausalSoftmax {
             for o in &mut out[visible] {
                 *o = *o / sum;
             }
-            out
         };
-        let rows = on_candle_threads(x.len() / t, |range| Ok(range.map(softmax_row).collect()));
-        Ok(rows?.concat())
+        Ok(fill_rows(x.len() / t, t, softmax_row)?.0)
     }
 }
 
@@ -335,21 +333,15 @@ pub struct SourceDots;
 
 impl SourceDots {
     fn run<F: Float>(v: &[F], h: &[F], t: usize, n: usize, d: usize) -> Result<Vec<F>> {
-        let rows = on_candle_threads(t, |range| {
-            Ok(range
-                .map(|token| {
-                    let hr = &h[token * d..(token + 1) * d];
-                    let mut out = vec![F::ZERO; n + 1];
-                    for (i, o) in out[..n].iter_mut().enumerate() {
-                        let vr = &v[(token * n + i) * d..(token * n + i + 1) * d];
-                        *o = F::from_f64(dot_f64(vr, hr));
-                    }
-                    out[n] = F::from_f64(dot_f64(hr, hr));
-                    out
-                })
-                .collect())
+        let (out, _) = fill_rows(t, n + 1, |token, out| {
+            let hr = &h[token * d..(token + 1) * d];
+            for (i, o) in out[..n].iter_mut().enumerate() {
+                let vr = &v[(token * n + i) * d..(token * n + i + 1) * d];
+                *o = F::from_f64(dot_f64(vr, hr));
+            }
+            out[n] = F::from_f64(dot_f64(hr, hr));
         })?;
-        Ok(rows.concat())
+        Ok(out)
     }
 }
 
@@ -397,36 +389,37 @@ impl CustomOp2 for SourceDots {
 }
 
 /// Rows `0..rows` of `width` values, each written by `row(i, out_row)`, spread over candle's
-/// worker threads: the element-wise kernels below make one pass over their rows this way.
-fn fill_rows<F: Float>(
+/// worker threads, with what each call returned (in row order): the element-wise kernels and the
+/// depth mix make one pass over their rows this way.
+fn fill_rows<F: Float, R: Send>(
     rows: usize,
     width: usize,
-    row: impl Fn(usize, &mut [F]) + Sync,
-) -> Result<Vec<F>> {
+    row: impl Fn(usize, &mut [F]) -> R + Sync,
+) -> Result<(Vec<F>, Vec<R>)> {
     // Zeroed row by row on the workers, not all at once here: a `vec![0; n]` of the MLP's
     // width was a serial memset that made this op slower than candle's two at 16 threads.
     let len = rows * width;
     let mut out: Vec<F> = Vec::with_capacity(len);
     let dst = SharedOut(out.as_mut_ptr());
     let dst = &dst;
-    on_candle_threads(rows, |range| {
-        let done = range.len();
-        for i in range {
-            // SAFETY: each row index goes to exactly one worker, so the rows are disjoint and
-            // inside the `len` values allocated; all-zero bytes are 0.0 for f32 and f64 (the
-            // only `Float`s), so the row is initialised before it is borrowed.
-            let out_row = unsafe {
-                let start = dst.0.add(i * width);
-                std::ptr::write_bytes(start, 0, width);
-                std::slice::from_raw_parts_mut(start, width)
-            };
-            row(i, out_row);
-        }
-        Ok(vec![(); done])
+    let results = on_candle_threads(rows, |range| {
+        Ok(range
+            .map(|i| {
+                // SAFETY: each row index goes to exactly one worker, so the rows are disjoint
+                // and inside the `len` values allocated; all-zero bytes are 0.0 for f32 and f64
+                // (the only `Float`s), so the row is initialised before it is borrowed.
+                let out_row = unsafe {
+                    let start = dst.0.add(i * width);
+                    std::ptr::write_bytes(start, 0, width);
+                    std::slice::from_raw_parts_mut(start, width)
+                };
+                row(i, out_row)
+            })
+            .collect())
     })?;
     // SAFETY: on_candle_threads returned only after every row 0..rows was initialised above.
     unsafe { out.set_len(len) };
-    Ok(out)
+    Ok((out, results))
 }
 
 /// `$run` on the slices of two contiguous operands of one float type (f32 or f64), its result
@@ -475,7 +468,7 @@ impl RotateHalf {
         let x = contiguous(x, lx, "rope")?;
         let (cos, sin) = (contiguous(cos, lc, "rope")?, contiguous(sin, ls, "rope")?);
         let half = hd / 2;
-        fill_rows(x.len() / hd.max(1), hd, |r, out| {
+        let (out, _) = fill_rows(x.len() / hd.max(1), hd, |r, out| {
             let xr = &x[r * hd..(r + 1) * hd];
             let pos = (r % t) * hd;
             let (c, s) = (&cos[pos..pos + hd], &sin[pos..pos + hd]);
@@ -483,7 +476,8 @@ impl RotateHalf {
                 out[j] = xr[j] * c[j] - xr[j + half] * s[j];
                 out[j + half] = xr[j + half] * c[j + half] + xr[j] * s[j + half];
             }
-        })
+        })?;
+        Ok(out)
     }
 }
 
@@ -550,7 +544,7 @@ impl RmsNorm {
     fn run<F: Float>(&self, x: &[F], w: &[F]) -> Result<Vec<F>> {
         let d = w.len();
         let eps = self.eps;
-        fill_rows(x.len() / d.max(1), d, |r, out| {
+        let (out, _) = fill_rows(x.len() / d.max(1), d, |r, out| {
             let xr = &x[r * d..(r + 1) * d];
             // The mean square in the input precision, as candle's ops and the GPU sum it: with
             // an f64 sum here, the wide GPU parity test's logits differed by 1.2e-5 normwise,
@@ -560,7 +554,8 @@ impl RmsNorm {
             for ((o, &v), &g) in out.iter_mut().zip(xr).zip(w) {
                 *o = v * inv * g;
             }
-        })
+        })?;
+        Ok(out)
     }
 }
 
@@ -614,12 +609,13 @@ pub struct SiluMul;
 
 impl SiluMul {
     fn run<F: Float>(g: &[F], u: &[F], width: usize) -> Result<Vec<F>> {
-        fill_rows(g.len() / width.max(1), width, |r, out| {
+        let (out, _) = fill_rows(g.len() / width.max(1), width, |r, out| {
             let span = r * width..(r + 1) * width;
             for ((o, &a), &b) in out.iter_mut().zip(&g[span.clone()]).zip(&u[span]) {
                 *o = a / (F::ONE + (F::ZERO - a).exp()) * b;
             }
-        })
+        })?;
+        Ok(out)
     }
 }
 
@@ -660,39 +656,33 @@ impl CustomOp2 for SiluMul {
     }
 }
 
-/// `<a, b>` summed in f64, in eight interleaved sums (one running sum is a chain of dependent
-/// adds; eight let the CPU overlap them). f64 makes the order immaterial at f32 inputs.
-fn dot_f64<F: Float>(a: &[F], b: &[F]) -> f64 {
-    let mut lanes = [0f64; 8];
+/// `<a, b>` summed in `A`, in eight interleaved sums: one running sum is a chain of dependent
+/// adds, eight let the CPU overlap them.
+fn dot_in<F: Float, A: Float>(a: &[F], b: &[F]) -> A {
+    let widen = |x: F| A::from_f64(x.to_f64());
+    let mut lanes = [A::ZERO; 8];
     let whole = a.len().min(b.len()) / 8 * 8;
     for (x, y) in a[..whole].chunks_exact(8).zip(b[..whole].chunks_exact(8)) {
         for l in 0..8 {
-            lanes[l] += x[l].to_f64() * y[l].to_f64();
+            lanes[l] = lanes[l] + widen(x[l]) * widen(y[l]);
         }
     }
-    let tail: f64 = a[whole..]
-        .iter()
-        .zip(&b[whole..])
-        .map(|(&x, &y)| x.to_f64() * y.to_f64())
-        .sum();
-    lanes.iter().sum::<f64>() + tail
-}
-
-/// `<a, b>` in the input precision, in eight interleaved sums: the depth scores, which candle's
-/// matmul also sums in the input precision.
-fn dot<F: Float>(a: &[F], b: &[F]) -> F {
-    let mut lanes = [F::ZERO; 8];
-    let whole = a.len().min(b.len()) / 8 * 8;
-    for (x, y) in a[..whole].chunks_exact(8).zip(b[..whole].chunks_exact(8)) {
-        for l in 0..8 {
-            lanes[l] = lanes[l] + x[l] * y[l];
-        }
-    }
-    let mut sum = F::ZERO;
+    let mut sum = A::ZERO;
     for (&x, &y) in a[whole..].iter().zip(&b[whole..]) {
-        sum = sum + x * y;
+        sum = sum + widen(x) * widen(y);
     }
     lanes.iter().fold(sum, |acc, &l| acc + l)
+}
+
+/// `<a, b>` in f64: the Trace's statistics, where f64 makes the order immaterial at f32 inputs.
+fn dot_f64<F: Float>(a: &[F], b: &[F]) -> f64 {
+    dot_in(a, b)
+}
+
+/// `<a, b>` in the input precision, as candle's matmul and the GPU sum the depth scores and the
+/// RMSNorm mean square.
+fn dot<F: Float>(a: &[F], b: &[F]) -> F {
+    dot_in(a, b)
 }
 
 /// ATTNRES.md's scores for [`depth_mix_in_place`]: `(w * g) . v_i / sqrt(ms_i + eps)`.
@@ -788,19 +778,15 @@ fn mix_sources<F: Float + candle_core::WithDType>(
     }
     let (sources, rest) = slices.split_at(n);
     let scores = eps.map(|eps| (rest[0], rest[1], <F as Float>::from_f64(eps)));
-    let tokens = on_candle_threads(t, |range| {
-        Ok(range
-            .map(|token| mix_token(sources, scores, token, d, stats))
-            .collect())
+    let (hidden, tokens) = fill_rows(t, d, |token, hidden| {
+        mix_token(sources, scores, token, hidden, stats)
     })?;
-    let mut out = MixedToken {
-        hidden: Vec::with_capacity(t * d),
+    let mut out = TokenWeights {
         alpha: Vec::with_capacity(t * n),
         source_dots: Vec::new(),
         mean_squares: Vec::new(),
     };
     for token in tokens {
-        out.hidden.extend(token.hidden);
         out.alpha.extend(token.alpha);
         out.source_dots.extend(token.source_dots);
         out.mean_squares.extend(token.mean_squares);
@@ -808,7 +794,7 @@ fn mix_sources<F: Float + candle_core::WithDType>(
     let device = candle_core::Device::Cpu;
     let table = |v: Vec<F>, cols: usize| Tensor::from_vec(v, (t, cols), &device);
     Ok(DepthMixOut {
-        hidden: table(out.hidden, d)?,
+        hidden: table(hidden, d)?,
         alpha: table(out.alpha, n)?,
         source_dots: if stats {
             Some(table(out.source_dots, n + 1)?)
@@ -823,22 +809,23 @@ fn mix_sources<F: Float + candle_core::WithDType>(
     })
 }
 
-/// One token's share of [`depth_mix_in_place`] (the statistics empty when not asked for).
-struct MixedToken<F> {
-    hidden: Vec<F>,
+/// One token's weights and statistics from [`mix_token`] (the statistics empty when not asked
+/// for); its mix is written in place.
+struct TokenWeights<F> {
     alpha: Vec<F>,
     source_dots: Vec<F>,
     mean_squares: Vec<F>,
 }
 
+/// Token `token`'s mix into `hidden` (zeroed, `d` long), returning its weights.
 fn mix_token<F: Float>(
     sources: &[&[F]],
     scores: Option<(&[F], &[F], F)>,
     token: usize,
-    d: usize,
+    hidden: &mut [F],
     stats: bool,
-) -> MixedToken<F> {
-    let n = sources.len();
+) -> TokenWeights<F> {
+    let (n, d) = (sources.len(), hidden.len());
     let row = |i: usize| &sources[i][token * d..(token + 1) * d];
     let mut alpha = vec![F::ONE; n];
     if let Some((query, mean_squares, eps)) = scores {
@@ -858,7 +845,6 @@ fn mix_token<F: Float>(
             *a = *a / sum;
         }
     }
-    let mut hidden = vec![F::ZERO; d];
     for (i, &a) in alpha.iter().enumerate() {
         for (h, &v) in hidden.iter_mut().zip(row(i)) {
             *h = *h + a * v;
@@ -867,17 +853,16 @@ fn mix_token<F: Float>(
     let (mut source_dots, mut mean_squares) = (Vec::new(), Vec::new());
     if stats {
         source_dots = (0..n)
-            .map(|i| F::from_f64(dot_f64(row(i), &hidden)))
+            .map(|i| F::from_f64(dot_f64(row(i), hidden)))
             .collect();
-        source_dots.push(F::from_f64(dot_f64(&hidden, &hidden)));
+        source_dots.push(F::from_f64(dot_f64(hidden, hidden)));
         if scores.is_none() {
             mean_squares = (0..n)
                 .map(|i| F::from_f64(dot_f64(row(i), row(i)) / d as f64))
                 .collect();
         }
     }
-    MixedToken {
-        hidden,
+    TokenWeights {
         alpha,
         source_dots,
         mean_squares,

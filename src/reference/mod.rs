@@ -16,7 +16,7 @@ use rayon::prelude::*;
 use crate::model::weights::ParamGroup;
 use crate::model::{Checkpoint, Family, ModelConfig, TextTokenizer, Token, Weights};
 use crate::progress::Progress;
-use crate::trace::{ModelSummary, Prediction, Rows, Trace, TRACE_SCHEMA_VERSION};
+use crate::trace::{ModelSummary, Prediction, Trace, TRACE_SCHEMA_VERSION};
 
 pub use generate::{generate, greedy_ids, Generation, StopReason};
 
@@ -168,26 +168,20 @@ pub fn trace_tokens(
     // One pass over the `[T, vocab]` logits, read where the LM head wrote them, gives both the
     // loss and the top-k probabilities; candle's log-sum-exp would build four logits-sized
     // temporaries for the loss alone.
-    let (loss, topk, all_logits) = ops::read_f32(&logits, |flat| {
-        let rows = LogitRows { flat, vocab };
+    let (loss, topk, logits) = ops::read_f32(&logits, |flat| {
+        let rows = LogitRows {
+            flat,
+            positions,
+            vocab,
+        };
         let normalisers = log_normalisers(rows);
         let loss = mean_next_token_nll(rows, &normalisers, &ids);
         let topk = top_k(rows, &normalisers, opts.top_k, tokenizer);
         let all = opts
             .logits
-            .then(|| Rows::from_flat(positions, vocab, flat.to_vec()));
+            .then(|| (0..positions).map(|t| rows[t].to_vec()).collect());
         (loss, topk, all)
     })?;
-    let logits = match all_logits {
-        Some(None) => {
-            return Err(Error::Candle(candle_core::Error::Msg(format!(
-                "{} logits for [{positions}, {vocab}]",
-                positions * vocab
-            ))))
-        }
-        Some(Some(rows)) => Some(rows.iter().map(<[f32]>::to_vec).collect()),
-        None => None,
-    };
     Ok(Trace {
         schema_version: TRACE_SCHEMA_VERSION,
         model: ModelSummary::of(cfg),
@@ -293,16 +287,17 @@ impl LogNormaliser {
     }
 }
 
-/// `[T, vocab]` logits, row-major.
+/// `[positions, vocab]` logits, row-major in `flat`.
 #[derive(Clone, Copy)]
 pub struct LogitRows<'a> {
     pub flat: &'a [f32],
+    pub positions: usize,
     pub vocab: usize,
 }
 
 impl LogitRows<'_> {
     pub fn len(&self) -> usize {
-        self.flat.len().checked_div(self.vocab).unwrap_or(0)
+        self.positions
     }
 
     pub fn is_empty(&self) -> bool {
