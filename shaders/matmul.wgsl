@@ -185,30 +185,38 @@ fn main_large(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_in
 
 // ---- NT fast path: both A rows and B rows k-contiguous (B is a weight stored [out, in]), K and
 // every offset and row stride a multiple of 4, so slices load as vec4. A workgroup computes a
-// GBM x GBN tile with (GBN / GTN) x (GBM / GTM) threads of GTM x GTN outputs. Thread (x, y) owns
-// rows y + i * GWY and columns x + j * GWX: its workgroup-memory reads are whole vec4s along k,
-// broadcast for A and, for B, spread over banks by padding each staged row to GKQ + 1 vec4s.
-// The next GBK-deep slice is loaded into registers while the current one is multiplied.
+// GBM x GBN tile with (GBN / GTN) x (GBM / GTM) threads of GTM x GTN outputs (GTM, GTN multiples
+// of 4, at most 8 x 8). Outer products: each GBK-deep slice is staged k-major (transposed on its
+// way into workgroup memory), so for every k a thread reads whole vec4s of its rows and columns
+// (broadcast for A, consecutive for B) and does GTM x GTN multiply-adds from them. Thread (x, y)
+// owns rows (h * GWY + y) * 4 + r and columns (g * GWX + x) * 4 + j. The next slice is loaded
+// into registers while the current one is multiplied.
 // Split-K (p.splits > 1): workgroup z = batch * splits + split covers k in
 // [split * k_chunk, (split + 1) * k_chunk) and writes raw partial sums to
 // c[split * split_stride + (batch * m + row) * n + col] (c is then the partials buffer);
 // `splitk_reduce` sums them in split order, so results do not depend on scheduling.
-// GBM, GBN, GBK, GTM, GTN are prepended by engine/kernels.rs. Up to 8 x 4 accumulators stay in
-// registers on the H100; an 8 x 8 block spilled (5x slower), so no table tile uses one.
+// GBM, GBN, GBK, GTM, GTN are prepended by engine/kernels.rs. On the H100 (`depthlens kernels`
+// shows the driver's register counts), the 8 x 8 block of 128 x 128 tiles with 8-deep slices
+// takes 128 registers, no local memory, and two workgroups per multiprocessor.
 
 @group(0) @binding(5) var<storage, read> a4: array<vec4<f32>>;
 @group(0) @binding(6) var<storage, read> b4: array<vec4<f32>>;
 
 const GKQ: u32 = GBK / 4u;
-const GPAD: u32 = GKQ + 1u;
 const GWX: u32 = GBN / GTN;
 const GWY: u32 = GBM / GTM;
 const GTHREADS: u32 = GWX * GWY;
 const GLOAD_A: u32 = GBM * GKQ / GTHREADS; // whole: checked in engine/kernels.rs
 const GLOAD_B: u32 = GBN * GKQ / GTHREADS;
+const RM4: u32 = GTM / 4u; // a thread's row groups of 4
+const RN4: u32 = GTN / 4u;
+const SA4: u32 = GBM / 4u + 1u; // vec4s per k-row of the staged A tile, padded
+const SB4: u32 = GBN / 4u + 1u;
+const NACC: u32 = 16u; // vec4 accumulators of the largest block, 8 x 8 (engine/kernels.rs checks)
 
-var<workgroup> sa: array<vec4<f32>, GBM * GPAD>; // [m][k / 4], padded
-var<workgroup> sb: array<vec4<f32>, GBN * GPAD>; // [n][k / 4], padded
+// k-major staged tiles: sa[k * SA4 + m / 4][m % 4] = A(row0 + m, k0 + k).
+var<workgroup> sa: array<vec4<f32>, GBK * SA4>;
+var<workgroup> sb: array<vec4<f32>, GBK * SB4>;
 
 @compute @workgroup_size(GWX, GWY, 1)
 fn gemm_nt(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32,
@@ -217,10 +225,6 @@ fn gemm_nt(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index
     let split = wg.z % p.splits;
     let row0 = wg.y * GBM;
     let col0 = wg.x * GBN;
-    // Causal attention (only gemm_nt reads this hint; other kernels compute everything, which is
-    // also correct): 1 = Q Kᵀ, whose tiles wholly above the diagonal are masked, so skip them
-    // (uniform per workgroup, before any barrier); 2 = P V, where P is zero past each row's
-    // position, so k stops at the tile's last row.
     if (p.causal == 1u && col0 >= row0 + GBM) { return; }
     var k_last = p.k;
     if (p.causal == 2u) { k_last = min(k_last, row0 + GBM); }
@@ -233,11 +237,12 @@ fn gemm_nt(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index
 
     var ra: array<vec4<f32>, GLOAD_A>;
     var rb: array<vec4<f32>, GLOAD_B>;
-    var acc: array<array<f32, GTN>, GTM>;
-    for (var i = 0u; i < GTM; i++) { for (var j = 0u; j < GTN; j++) { acc[i][j] = 0.0; } }
+    // acc[i * RN4 + g]: row i, column group g. Sized for the largest tile (8 x 8) and indexed with
+    // constants only (the write-out below names each entry), so that it stays in registers: one
+    // loop over it that the compiler does not unroll puts all of it in local memory.
+    var acc: array<vec4<f32>, NACC>;
+    for (var i = 0u; i < NACC; i++) { acc[i] = vec4<f32>(0.0); }
 
-    // Slice at k_begin into registers. (Written out here and again for the read-ahead below: one
-    // shared function over private-scope arrays measured 7-19% slower on the H100.)
     for (var s = 0u; s < GLOAD_A; s++) {
         let e = lid + s * GTHREADS;
         let row = row0 + e / GKQ;
@@ -256,13 +261,18 @@ fn gemm_nt(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index
     }
 
     for (var k0 = k_begin; k0 < k_end; k0 += GBK) {
+        // Transposed into k-major rows: four scalar stores per vec4 read along k.
         for (var s = 0u; s < GLOAD_A; s++) {
             let e = lid + s * GTHREADS;
-            sa[(e / GKQ) * GPAD + e % GKQ] = ra[s];
+            let m = e / GKQ;
+            let k = (e % GKQ) * 4u;
+            for (var j = 0u; j < 4u; j++) { sa[(k + j) * SA4 + m / 4u][m % 4u] = ra[s][j]; }
         }
         for (var s = 0u; s < GLOAD_B; s++) {
             let e = lid + s * GTHREADS;
-            sb[(e / GKQ) * GPAD + e % GKQ] = rb[s];
+            let n = e / GKQ;
+            let k = (e % GKQ) * 4u;
+            for (var j = 0u; j < 4u; j++) { sb[(k + j) * SB4 + n / 4u][n % 4u] = rb[s][j]; }
         }
         workgroupBarrier();
         let k1 = k0 + GBK;
@@ -284,47 +294,58 @@ fn gemm_nt(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index
                 rb[s] = v;
             }
         }
-        for (var kq = 0u; kq < GKQ; kq++) {
-            var av: array<vec4<f32>, GTM>;
-            var bv: array<vec4<f32>, GTN>;
-            for (var i = 0u; i < GTM; i++) { av[i] = sa[(l.y + i * GWY) * GPAD + kq]; }
-            for (var j = 0u; j < GTN; j++) { bv[j] = sb[(l.x + j * GWX) * GPAD + kq]; }
-            for (var i = 0u; i < GTM; i++) {
-                for (var j = 0u; j < GTN; j++) {
-                    let x = av[i];
-                    let y = bv[j];
-                    acc[i][j] = fma(x.w, y.w, fma(x.z, y.z, fma(x.y, y.y, fma(x.x, y.x, acc[i][j]))));
-                }
-            }
+        // Four k per trip, written out: NVIDIA's compiler does not unroll a loop of 8 x 8 blocks,
+        // and a rolled loop waits on each step's workgroup-memory reads.
+        for (var k = 0u; k < GBK; k += 4u) {
+            k_step(&acc, k, l.x, l.y);
+            k_step(&acc, k + 1u, l.x, l.y);
+            k_step(&acc, k + 2u, l.x, l.y);
+            k_step(&acc, k + 3u, l.x, l.y);
         }
         workgroupBarrier();
     }
 
-    if (p.splits > 1u) {
-        let part = split * p.split_stride + batch * p.m * p.n;
-        for (var i = 0u; i < GTM; i++) {
-            let row = row0 + l.y + i * GWY;
-            if (row >= p.m) { continue; }
-            for (var j = 0u; j < GTN; j++) {
-                let col = col0 + l.x + j * GWX;
-                if (col < p.n) { c[part + row * p.n + col] = acc[i][j]; }
-            }
-        }
-        return;
-    }
-    let c_base = p.c_off + batch * p.c_bstride;
+    let out = Out(row0, col0, l.x, l.y, split * p.split_stride + batch * p.m * p.n,
+                  p.c_off + batch * p.c_bstride);
+    write_out(out, 0u, acc[0]); write_out(out, 1u, acc[1]); write_out(out, 2u, acc[2]);
+    write_out(out, 3u, acc[3]); write_out(out, 4u, acc[4]); write_out(out, 5u, acc[5]);
+    write_out(out, 6u, acc[6]); write_out(out, 7u, acc[7]); write_out(out, 8u, acc[8]);
+    write_out(out, 9u, acc[9]); write_out(out, 10u, acc[10]); write_out(out, 11u, acc[11]);
+    write_out(out, 12u, acc[12]); write_out(out, 13u, acc[13]); write_out(out, 14u, acc[14]);
+    write_out(out, 15u, acc[15]);
+}
+
+// One k of the staged tiles into a thread's accumulators: GTM x GTN multiply-adds.
+fn k_step(acc: ptr<function, array<vec4<f32>, NACC>>, k: u32, x: u32, y: u32) {
+    var av: array<vec4<f32>, RM4>;
+    var bv: array<vec4<f32>, RN4>;
+    for (var h = 0u; h < RM4; h++) { av[h] = sa[k * SA4 + h * GWY + y]; }
+    for (var g = 0u; g < RN4; g++) { bv[g] = sb[k * SB4 + g * GWX + x]; }
     for (var i = 0u; i < GTM; i++) {
-        let row = row0 + l.y + i * GWY;
-        if (row >= p.m) { continue; }
-        for (var j = 0u; j < GTN; j++) {
-            let col = col0 + l.x + j * GWX;
-            if (col >= p.n) { continue; }
-            var v = p.alpha * acc[i][j];
-            if (p.has_bias != 0u) { v += bias[p.bias_off + col]; }
-            let idx = c_base + row * p.c_rs + col;
-            if (p.accumulate != 0u) { v += c[idx]; }
-            c[idx] = v;
-        }
+        let a = vec4<f32>(av[i / 4u][i % 4u]);
+        for (var g = 0u; g < RN4; g++) { (*acc)[i * RN4 + g] = fma(a, bv[g], (*acc)[i * RN4 + g]); }
+    }
+}
+
+struct Out { row0: u32, col0: u32, x: u32, y: u32, part: u32, c_base: u32 }
+
+// Accumulator q of thread (x, y): row i = q / RN4, (i / 4 * GWY + y) * 4 + i % 4 of the tile, and
+// columns (g * GWX + x) * 4 + j, g = q % RN4.
+fn write_out(o: Out, q: u32, v4: vec4<f32>) {
+    if (q >= GTM * RN4) { return; }
+    let i = q / RN4;
+    let g = q % RN4;
+    let row = o.row0 + ((i / 4u) * GWY + o.y) * 4u + i % 4u;
+    if (row >= p.m) { return; }
+    for (var j = 0u; j < 4u; j++) {
+        let col = o.col0 + (g * GWX + o.x) * 4u + j;
+        if (col >= p.n) { continue; }
+        if (p.splits > 1u) { c[o.part + row * p.n + col] = v4[j]; continue; }
+        var v = p.alpha * v4[j];
+        if (p.has_bias != 0u) { v += bias[p.bias_off + col]; }
+        let idx = o.c_base + row * p.c_rs + col;
+        if (p.accumulate != 0u) { v += c[idx]; }
+        c[idx] = v;
     }
 }
 

@@ -172,3 +172,19 @@ fn trace_on_the_gpu_names_its_adapter_and_agrees_with_the_cpu() {
     let (a, b) = (gpu["loss"].as_f64().unwrap(), cpu["loss"].as_f64().unwrap());
     assert!((a - b).abs() < 1e-4 * b, "loss {a} vs {b}");
 }
+
+#[test]
+fn kernels_refuses_a_bad_tile_or_an_unknown_shader_file_before_opening_any_device() {
+    let (code, _, err) = depthlens(&["kernels", "--tile", "128,64,8,8,4"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("--tile 128,64,8,8,4"), "{err}");
+    let dir = tempfile::tempdir().unwrap();
+    let stray = dir.path().join("stray.wgsl");
+    std::fs::write(&stray, "fn f() {}").unwrap();
+    let (code, _, err) = depthlens(&["kernels", "--shader", stray.to_str().unwrap()]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("no kernel is built from a file named `stray.wgsl`"),
+        "{err}"
+    );
+}

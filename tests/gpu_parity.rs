@@ -7,6 +7,7 @@ use std::sync::OnceLock;
 
 use depthlens::engine::kernels::{
     wgsl, AttentionKernel, GemmChoice, GemmPolicy, KernelId, KERNELS, NT_LARGE, NT_MID, NT_SMALL,
+    NT_XLARGE,
 };
 use depthlens::engine::matmul::Gemm;
 use depthlens::engine::{Engine, GpuTraceOptions, TRANSPOSED_V_MIN_TOKENS};
@@ -402,6 +403,7 @@ fn gemm_kernels_the_forward_chooses_match_at_odd_sizes_on_fresh_random_inputs() 
         (300, 1700, 20),
         (100, 8500, 12),
         (1031, 4100, 8),
+        (1100, 15000, 12),
     ] {
         let choice = check_gemm(m, n, k, None, &mut rng);
         seen.push((choice.kernel, choice.splits > 1));
@@ -410,6 +412,7 @@ fn gemm_kernels_the_forward_chooses_match_at_odd_sizes_on_fresh_random_inputs() 
         KernelId::Matmul,
         KernelId::MatmulSkinny,
         KernelId::MatmulLarge,
+        KernelId::MatmulNtXLarge,
         KernelId::MatmulNtLarge,
         KernelId::MatmulNtMid,
         KernelId::MatmulNtSmall,
@@ -423,6 +426,7 @@ fn gemm_kernels_the_forward_chooses_match_at_odd_sizes_on_fresh_random_inputs() 
 fn every_nt_tile_and_split_matches_at_odd_sizes() {
     let mut rng = Rng::new(std::process::id() as u64 ^ 0x5eed);
     let tiles = [
+        (KernelId::MatmulNtXLarge, NT_XLARGE),
         (KernelId::MatmulNtLarge, NT_LARGE),
         (KernelId::MatmulNtMid, NT_MID),
         (KernelId::MatmulNtSmall, NT_SMALL),

@@ -10,7 +10,7 @@ use clap::Args;
 
 use crate::engine::kernels::{
     AttentionKernel, GemmChoice, KernelId, NtTile, FLASH_MAX_HEAD_DIM, MATMUL_LARGE, MATMUL_MID,
-    MATMUL_SKINNY, MATMUL_SMALL, NT_LARGE, NT_MID, NT_SMALL, SPLIT_PARTIAL_FLOATS,
+    MATMUL_SKINNY, MATMUL_SMALL, NT_LARGE, NT_MID, NT_SMALL, NT_XLARGE, SPLIT_PARTIAL_FLOATS,
 };
 use crate::engine::matmul::Gemm;
 use crate::engine::{Engine, GpuTraceOptions};
@@ -188,14 +188,9 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
                 policy.small = parse_tile(t).context("--small-tile")?;
             }
             for path in &args.shaders {
-                let source = std::fs::read_to_string(path)
-                    .with_context(|| format!("cannot read shader {}", path.display()))?;
-                let file = path
-                    .file_name()
-                    .and_then(|f| f.to_str())
-                    .with_context(|| format!("{} has no file name", path.display()))?;
+                let (file, source) = read_shader(path)?;
                 engine
-                    .replace_shader(file, &source)
+                    .replace_shader(&file, &source)
                     .with_context(|| format!("shader {}", path.display()))?;
                 println!("shader: {} from {}", file, path.display());
             }
@@ -502,6 +497,7 @@ fn gemm_candidates(m: u32, n: u32, k: u32) -> Vec<GemmChoice> {
         });
     }
     for (kernel, t) in [
+        (KernelId::MatmulNtXLarge, NT_XLARGE),
         (KernelId::MatmulNtLarge, NT_LARGE),
         (KernelId::MatmulNtMid, NT_MID),
         (KernelId::MatmulNtSmall, NT_SMALL),
@@ -521,6 +517,17 @@ fn gemm_candidates(m: u32, n: u32, k: u32) -> Vec<GemmChoice> {
 }
 
 /// `BM,BN,BK,TM,TN` as an NT tile.
+/// A `--shader` experiment: its file name (which shipped file it replaces) and its text.
+pub fn read_shader(path: &std::path::Path) -> anyhow::Result<(String, String)> {
+    let source = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read shader {}", path.display()))?;
+    let file = path
+        .file_name()
+        .and_then(|f| f.to_str())
+        .with_context(|| format!("{} has no file name", path.display()))?;
+    Ok((file.to_owned(), source))
+}
+
 pub fn parse_tile(text: &str) -> anyhow::Result<NtTile> {
     let v: Vec<u32> = text
         .split(',')

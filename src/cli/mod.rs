@@ -3,6 +3,7 @@
 mod bench;
 mod generate;
 mod inspect;
+mod kernels;
 mod progress;
 mod prompt;
 mod trace;
@@ -38,6 +39,8 @@ pub enum Command {
     Generate(generate::GenerateArgs),
     /// Time the forward (GPU engine or CPU reference) and the GEMM kernel; prints tables.
     Bench(bench::BenchArgs),
+    /// What the Vulkan driver compiled each kernel into: registers, spills, instruction counts.
+    Kernels(kernels::KernelsArgs),
     /// Train a small baseline / Full / Block AttnRes model on a text corpus (CPU).
     Train(Box<train::TrainArgs>),
 }
@@ -50,6 +53,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Some(Command::Generate(args)) => generate::run(args),
         Some(Command::Train(args)) => train::run(*args),
         Some(Command::Bench(args)) => bench::run(args),
+        Some(Command::Kernels(args)) => kernels::run(args),
         None => {
             eprintln!(
                 "depthlens: the desktop app is not part of this build yet.\n\

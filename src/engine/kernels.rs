@@ -57,9 +57,18 @@ impl NtTile {
     }
 }
 
-/// 8 x 4 outputs per thread, 256 threads: big outputs (the LM head, long prompts). Measured on
-/// the H100 against 128 x 128 tiles with 8 x 8 per thread (named registers; an indexed 8 x 8
-/// array spills): as fast at 4096^3 (36.6 vs 36.9 TFLOP/s), faster on the LM head (36.0 vs 33.7).
+/// 8 x 8 outputs per thread, 256 threads, 8-deep slices: the largest outputs (4096^3, the LM head
+/// of long prompts). On the H100 it takes 128 registers, so two workgroups share a
+/// multiprocessor, and it ran 39.0 TFLOP/s at 4096^3 against NT_LARGE's 38.6; with fewer than
+/// about four waves of workgroups it is slower than NT_LARGE (BENCHMARKS.md, session 9).
+pub const NT_XLARGE: NtTile = NtTile {
+    bm: 128,
+    bn: 128,
+    bk: 8,
+    tm: 8,
+    tn: 8,
+};
+/// 8 x 4 outputs per thread, 256 threads: big outputs (the LM head, long prompts).
 pub const NT_LARGE: NtTile = NtTile {
     bm: 128,
     bn: 64,
@@ -84,23 +93,36 @@ pub const NT_SMALL: NtTile = NtTile {
     tn: 4,
 };
 
-/// Each thread loads whole vec4s of both slices every round (gemm_nt's GLOAD_A/B).
-const fn nt_tile_is_valid(t: NtTile) -> bool {
+/// What gemm_nt supports: blocks of whole vec4s, at most 8 x 8 (its NACC accumulators), tiles
+/// that are whole blocks, 4 k per unrolled step, and every thread loading whole vec4s of both
+/// slices every round (GLOAD_A/B).
+pub const fn nt_tile_is_valid(t: NtTile) -> bool {
     let threads = t.threads();
     t.bk.is_multiple_of(4)
-        && t.tm.is_power_of_two()
+        && t.tm.is_multiple_of(4)
+        && t.tn.is_multiple_of(4)
+        && t.tm * t.tn <= 64
+        && t.bm.is_multiple_of(t.tm)
+        && t.bn.is_multiple_of(t.tn)
         && (t.bm * t.bk / 4).is_multiple_of(threads)
         && (t.bn * t.bk / 4).is_multiple_of(threads)
         && t.bm * t.bk / 4 >= threads
         && t.bn * t.bk / 4 >= threads
 }
-const _: () =
-    assert!(nt_tile_is_valid(NT_LARGE) && nt_tile_is_valid(NT_MID) && nt_tile_is_valid(NT_SMALL));
+const _: () = assert!(
+    nt_tile_is_valid(NT_XLARGE)
+        && nt_tile_is_valid(NT_LARGE)
+        && nt_tile_is_valid(NT_MID)
+        && nt_tile_is_valid(NT_SMALL)
+);
 
 /// How GEMMs pick their tile and split: the defaults were measured on the H100 (BENCHMARKS.md);
 /// `bench --gemm-fill/--min-split-k/--small-tile` tries others on a whole forward.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct GemmPolicy {
+    /// Workgroups of the extra-large tile it needs to be worth it: about four waves of two per
+    /// multiprocessor of an H100.
+    pub xlarge_fill: u64,
     /// Workgroups the large tile needs to be worth it (about one per multiprocessor of an
     /// H100's 132: its 8 x 4 register block outruns smaller tiles even with fewer workgroups).
     pub large_fill: u64,
@@ -123,6 +145,7 @@ const DEFAULT_FILL: u64 = 264;
 impl Default for GemmPolicy {
     fn default() -> Self {
         Self {
+            xlarge_fill: 1024,
             large_fill: 128,
             fill: DEFAULT_FILL,
             min_split_k: 128,
@@ -182,6 +205,7 @@ pub fn choose_gemm(
         u64::from(m.div_ceil(t.bm)) * u64::from(n.div_ceil(t.bn)) * u64::from(batch.max(1))
     };
     for (kernel, t, fill) in [
+        (KernelId::MatmulNtXLarge, NT_XLARGE, policy.xlarge_fill),
         (KernelId::MatmulNtLarge, NT_LARGE, policy.large_fill),
         (KernelId::MatmulNtMid, NT_MID, policy.fill),
     ] {
@@ -340,6 +364,12 @@ const MID_CONSTS: &[(&str, u32)] =
     matmul_consts!(MATMUL_MID.0, MATMUL_MID.1, MATMUL_SMALL.bk, NT_MID);
 const SKINNY_CONSTS: &[(&str, u32)] =
     matmul_consts!(MATMUL_SKINNY.0, MATMUL_SKINNY.1, SKINNY_BK, NT_MID);
+const NT_XLARGE_CONSTS: &[(&str, u32)] = matmul_consts!(
+    MATMUL_SMALL.tile,
+    MATMUL_SMALL.tile,
+    MATMUL_SMALL.bk,
+    NT_XLARGE
+);
 const NT_LARGE_CONSTS: &[(&str, u32)] = matmul_consts!(
     MATMUL_SMALL.tile,
     MATMUL_SMALL.tile,
@@ -422,6 +452,14 @@ pub const KERNELS: &[KernelSpec] = &[
         MATMUL_CONSTS,
         false,
         &[Read, Read, Read, ReadWrite],
+    ),
+    spec(
+        "matmul_nt_xlarge",
+        MATMUL,
+        "gemm_nt",
+        NT_XLARGE_CONSTS,
+        false,
+        NT_STORAGE,
     ),
     spec(
         "matmul_nt_large",
@@ -609,6 +647,29 @@ fn wgsl_from(spec: &KernelSpec, consts: &[(&str, u32)], source: &str) -> String 
     s
 }
 
+/// An NT GEMM kernel's WGSL (from `source`, its file's text) with its tile constants set to
+/// `tile`.
+pub fn nt_tile_wgsl(spec: &KernelSpec, tile: NtTile, source: &str) -> String {
+    let consts: Vec<(&str, u32)> = spec
+        .consts
+        .iter()
+        .map(|&(name, v)| match name {
+            "GBM" => (name, tile.bm),
+            "GBN" => (name, tile.bn),
+            "GBK" => (name, tile.bk),
+            "GTM" => (name, tile.tm),
+            "GTN" => (name, tile.tn),
+            _ => (name, v),
+        })
+        .collect();
+    wgsl_from(spec, &consts, source)
+}
+
+/// A kernel's WGSL with `source` in place of its file's text, constants as in its table entry.
+pub fn wgsl_with_source(spec: &KernelSpec, source: &str) -> String {
+    wgsl_from(spec, spec.consts, source)
+}
+
 /// A compiled kernel ready to dispatch.
 #[derive(Clone)]
 pub struct Kernel {
@@ -697,6 +758,7 @@ pub enum KernelId {
     MatmulMid,
     MatmulSkinny,
     MatmulLarge,
+    MatmulNtXLarge,
     MatmulNtLarge,
     MatmulNtMid,
     MatmulNtSmall,
@@ -745,25 +807,13 @@ impl Kernels {
         }
         let id = slot.unwrap_or(KernelId::MatmulNtMid);
         let spec = &KERNELS[id as usize];
-        let consts: Vec<(&str, u32)> = spec
-            .consts
-            .iter()
-            .map(|&(name, v)| match name {
-                "GBM" => (name, tile.bm),
-                "GBN" => (name, tile.bn),
-                "GBK" => (name, tile.bk),
-                "GTM" => (name, tile.tm),
-                "GTN" => (name, tile.tn),
-                _ => (name, v),
-            })
-            .collect();
         let source = self
             .replaced_sources
             .iter()
             .find(|(file, _)| *file == spec.file)
             .map_or(spec.source, |(_, text)| text.as_str());
         let mut kernels = self.kernels.clone();
-        kernels[id as usize] = build_from(device, spec, wgsl_from(spec, &consts, source));
+        kernels[id as usize] = build_from(device, spec, nt_tile_wgsl(spec, tile, source));
         Ok((
             Self {
                 kernels,
@@ -790,7 +840,7 @@ impl Kernels {
                 continue;
             }
             let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
-            let kernel = build_from(device, spec, wgsl_from(spec, spec.consts, source));
+            let kernel = build_from(device, spec, wgsl_with_source(spec, source));
             if let Some(e) = pollster::block_on(scope.pop()) {
                 return Err(format!("{file}, entry `{}`: {e}", spec.entry));
             }

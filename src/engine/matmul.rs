@@ -128,7 +128,10 @@ pub(crate) fn push_gemm(
     ];
     let nt = matches!(
         choice.kernel,
-        KernelId::MatmulNtLarge | KernelId::MatmulNtMid | KernelId::MatmulNtSmall
+        KernelId::MatmulNtXLarge
+            | KernelId::MatmulNtLarge
+            | KernelId::MatmulNtMid
+            | KernelId::MatmulNtSmall
     );
     if choice.splits <= 1 {
         if nt {

@@ -2,6 +2,7 @@
 //! same [`Trace`](crate::trace::Trace) as the candle reference (minus gradients), recorded into
 //! one command buffer and read back once.
 
+pub mod driver_stats;
 mod forward;
 pub mod kernels;
 pub mod matmul;
