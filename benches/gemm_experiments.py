@@ -14,6 +14,9 @@ more than WebGPU's default 16 KB of workgroup memory, which the engine's own dev
 
 `--write-only` writes the variants' files (.bench/gemm-experiments/NAME/matmul.wgsl), prints their
 paths and runs nothing (for checking them elsewhere).
+
+Since session 9 the variants are of the earlier, dot-product gemm_nt (commit cce4c19, read with
+`git show`): they reproduce sessions 5-8's results, and time against today's shipped kernel.
 """
 
 import os
@@ -24,7 +27,17 @@ import textwrap
 
 from shader_variants import between, replaced, with_consts, write_variants
 
-SHIPPED = open("shaders/matmul.wgsl").read()
+# The variants edit session 8's gemm_nt (dot products over k-contiguous staged tiles), which
+# session 9 replaced with outer products over k-major tiles; they are kept to reproduce the
+# results files of sessions 5-8. Their base is that file as of commit cce4c19, from git.
+BASE_COMMIT = "cce4c19"
+try:
+    SHIPPED = subprocess.run(
+        ["git", "show", f"{BASE_COMMIT}:shaders/matmul.wgsl"], capture_output=True, text=True, check=True
+    ).stdout
+except (OSError, subprocess.CalledProcessError) as e:
+    sys.exit(f"the variants edit shaders/matmul.wgsl as of {BASE_COMMIT}; `git show` failed ({e}): "
+             f"run --write-only in a git checkout and carry .bench/gemm-experiments")
 
 
 def nt(text):
