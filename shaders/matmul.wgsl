@@ -210,7 +210,9 @@ const GLOAD_A: u32 = GBM * GKQ / GTHREADS; // whole: checked in engine/kernels.r
 const GLOAD_B: u32 = GBN * GKQ / GTHREADS;
 const RM4: u32 = GTM / 4u; // a thread's row groups of 4
 const RN4: u32 = GTN / 4u;
-const SA4: u32 = GBM / 4u + 1u; // vec4s per k-row of the staged A tile, padded
+// vec4s per k-row of the staged tiles, padded by one so that the transposed stores of a warp
+// (8 or 16 rows, 2 or 4 vec4s along k) fall on other banks: none or two to a bank.
+const SA4: u32 = GBM / 4u + 1u;
 const SB4: u32 = GBN / 4u + 1u;
 const NACC: u32 = 16u; // vec4 accumulators of the largest block, 8 x 8 (engine/kernels.rs checks)
 
