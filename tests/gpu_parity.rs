@@ -7,7 +7,7 @@ use std::sync::OnceLock;
 
 use depthlens::engine::kernels::{
     wgsl, AttentionKernel, GemmChoice, GemmPolicy, KernelId, KERNELS, NT_LARGE, NT_MID, NT_SMALL,
-    NT_XLARGE,
+    NT_XLARGE, NT_XLARGE_DEEP,
 };
 use depthlens::engine::matmul::Gemm;
 use depthlens::engine::{Engine, GpuTraceOptions, TRANSPOSED_V_MIN_TOKENS};
@@ -423,6 +423,17 @@ fn gemm_kernels_the_forward_chooses_match_at_odd_sizes_on_fresh_random_inputs() 
 }
 
 #[test]
+fn a_device_with_room_for_it_runs_the_16_deep_xlarge_tile_and_it_matches() {
+    // Engine::new asks for the adapter's limits: lavapipe, like the H100, allows 32 KB or more.
+    assert_eq!(engine().xlarge_tile(), NT_XLARGE_DEEP);
+    let mut rng = Rng::new(std::process::id() as u64 ^ 0xdee9);
+    for (m, n, k) in [(131, 267, 100), (257, 130, 36), (5, 9, 4)] {
+        let choice = GemmChoice::nt_split(KernelId::MatmulNtXLarge, NT_XLARGE_DEEP, k as u32, 1);
+        check_gemm(m, n, k, Some(choice), &mut rng);
+    }
+}
+
+#[test]
 fn every_nt_tile_and_split_matches_at_odd_sizes() {
     let mut rng = Rng::new(std::process::id() as u64 ^ 0x5eed);
     let tiles = [
@@ -707,6 +718,11 @@ fn every_kernel_builds_and_runs_on_a_device_opened_with_webgpu_default_limits() 
     }))
     .expect("a device with WebGPU's default limits");
     let mut small = Engine::from_device(device, queue, &adapter.get_info()).expect("an engine");
+    assert_eq!(
+        small.xlarge_tile(),
+        NT_XLARGE,
+        "within 16 KB of workgroup memory, the 8-deep xlarge tile"
+    );
     small.set_attention(AttentionKernel::Fused);
     let cfg = common::tiny_config("block:3");
     let w = common::tiny_weights(&cfg, 31);

@@ -9,8 +9,9 @@ use anyhow::{bail, Context};
 use clap::Args;
 
 use crate::engine::kernels::{
-    AttentionKernel, GemmChoice, KernelId, NtTile, FLASH_MAX_HEAD_DIM, MATMUL_LARGE, MATMUL_MID,
-    MATMUL_SKINNY, MATMUL_SMALL, NT_LARGE, NT_MID, NT_SMALL, NT_XLARGE, SPLIT_PARTIAL_FLOATS,
+    nt_workgroup_bytes, AttentionKernel, GemmChoice, KernelId, NtTile, FLASH_MAX_HEAD_DIM,
+    MATMUL_LARGE, MATMUL_MID, MATMUL_SKINNY, MATMUL_SMALL, NT_LARGE, NT_MID, NT_SMALL, NT_XLARGE,
+    SPLIT_PARTIAL_FLOATS,
 };
 use crate::engine::matmul::Gemm;
 use crate::engine::{Engine, GpuTraceOptions};
@@ -225,6 +226,18 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         crate::trace::ModelSummary::of(&cfg).depth_mixing
     );
     println!("device: {device}");
+    if let Some(engine) = &engine {
+        let t = engine.xlarge_tile();
+        println!(
+            "xlarge GEMM tile: {}x{}, {}-deep, {}x{} per thread ({} bytes of workgroup memory)",
+            t.bm,
+            t.bn,
+            t.bk,
+            t.tm,
+            t.tn,
+            nt_workgroup_bytes(t)
+        );
+    }
     if args.matmul {
         let Some(engine) = &engine else {
             bail!("--matmul times the GPU kernel: use --device gpu")

@@ -10,7 +10,7 @@ use clap::Args;
 
 use crate::engine::driver_stats::{elf_images, Capture, DriverInspector, Executable};
 use crate::engine::kernels::{
-    nt_tile_is_valid, nt_tile_wgsl, wgsl_with_source, KernelId, KernelSpec, KERNELS,
+    nt_tile_is_valid, nt_tile_wgsl, wgsl_with_source, KernelId, KernelSpec, KERNELS, NT_XLARGE_DEEP,
 };
 
 use super::bench::{parse_tile, read_shader};
@@ -74,6 +74,19 @@ pub fn run(args: KernelsArgs) -> anyhow::Result<ExitCode> {
                 wgsl_with_source(spec, &source_of(spec)),
             ));
         }
+    }
+    // Devices with more than WebGPU's default workgroup memory build the xlarge GEMM 16-deep.
+    let xl = &KERNELS[KernelId::MatmulNtXLarge as usize];
+    if args
+        .filter
+        .as_ref()
+        .is_none_or(|f| xl.name.contains(f.as_str()))
+    {
+        jobs.push((
+            format!("{} 16-deep", xl.name),
+            xl.entry,
+            nt_tile_wgsl(xl, NT_XLARGE_DEEP, &source_of(xl)),
+        ));
     }
     let nt = &KERNELS[KernelId::MatmulNtLarge as usize];
     for text in &args.tiles {

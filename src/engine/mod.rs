@@ -182,6 +182,12 @@ impl Engine {
         self.kernels.get(id).name
     }
 
+    /// The tile `matmul_nt_xlarge` runs on this device: 16-deep where the device allows its
+    /// workgroup memory, else 8-deep.
+    pub fn xlarge_tile(&self) -> kernels::NtTile {
+        self.kernels.xlarge
+    }
+
     pub fn gemm_policy(&self) -> &kernels::GemmPolicy {
         &self.gemm_policy
     }
