@@ -227,6 +227,10 @@ fn gemm_nt(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index
     let split = wg.z % p.splits;
     let row0 = wg.y * GBM;
     let col0 = wg.x * GBN;
+    // Causal attention (only gemm_nt reads this hint; other kernels compute everything, which is
+    // also correct): 1 = Q Kᵀ, whose tiles wholly above the diagonal are masked, so skip them
+    // (uniform per workgroup, before any barrier); 2 = P V, where P is zero past each row's
+    // position, so k stops at the tile's last row.
     if (p.causal == 1u && col0 >= row0 + GBM) { return; }
     var k_last = p.k;
     if (p.causal == 2u) { k_last = min(k_last, row0 + GBM); }
@@ -245,6 +249,8 @@ fn gemm_nt(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index
     var acc: array<vec4<f32>, NACC>;
     for (var i = 0u; i < NACC; i++) { acc[i] = vec4<f32>(0.0); }
 
+    // Slice at k_begin into registers. (Written out here and again for the read-ahead below: one
+    // shared function over private-scope arrays measured 7-19% slower on the H100.)
     for (var s = 0u; s < GLOAD_A; s++) {
         let e = lid + s * GTHREADS;
         let row = row0 + e / GKQ;

@@ -529,7 +529,6 @@ fn gemm_candidates(m: u32, n: u32, k: u32) -> Vec<GemmChoice> {
     out
 }
 
-/// `BM,BN,BK,TM,TN` as an NT tile.
 /// A `--shader` experiment: its file name (which shipped file it replaces) and its text.
 pub fn read_shader(path: &std::path::Path) -> anyhow::Result<(String, String)> {
     let source = std::fs::read_to_string(path)
@@ -541,6 +540,7 @@ pub fn read_shader(path: &std::path::Path) -> anyhow::Result<(String, String)> {
     Ok((file.to_owned(), source))
 }
 
+/// `BM,BN,BK,TM,TN` as an NT tile.
 pub fn parse_tile(text: &str) -> anyhow::Result<NtTile> {
     let v: Vec<u32> = text
         .split(',')

@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use anyhow::{bail, Context};
 use clap::Args;
 
-use crate::engine::driver_stats::{elf_images, Capture, DriverInspector, Executable};
+use crate::engine::driver_stats::{Capture, DriverInspector, Executable};
 use crate::engine::kernels::{
     nt_tile_is_valid, nt_tile_wgsl, wgsl_with_source, KernelId, KernelSpec, KERNELS, NT_XLARGE_DEEP,
 };
@@ -34,9 +34,8 @@ pub struct KernelsArgs {
     /// DIR/KERNEL.N.txt.
     #[arg(long)]
     pub ir: Option<PathBuf>,
-    /// Write each kernel's machine code to DIR/KERNEL.cubin, cut from the driver's pipeline
-    /// cache (NVIDIA stores it as an ELF image: `nvdisasm -c` or `cuobjdump -sass` reads it), or
-    /// the whole blob to DIR/KERNEL.blob when it holds no ELF image.
+    /// Write each kernel's pipeline-cache blob to DIR/KERNEL.blob: the driver's compiled code, in
+    /// its own format (on NVIDIA, `benches/nvidia_sass.py DIR` cuts the SASS out for `nvdisasm`).
     #[arg(long)]
     pub binary: Option<PathBuf>,
 }
@@ -61,13 +60,14 @@ pub fn run(args: KernelsArgs) -> anyhow::Result<ExitCode> {
     };
 
     // (label, entry point, full WGSL)
+    let wanted = |name: &str| {
+        args.filter
+            .as_ref()
+            .is_none_or(|f| name.contains(f.as_str()))
+    };
     let mut jobs: Vec<(String, &str, String)> = Vec::new();
     for spec in KERNELS {
-        if args
-            .filter
-            .as_ref()
-            .is_none_or(|f| spec.name.contains(f.as_str()))
-        {
+        if wanted(spec.name) {
             jobs.push((
                 spec.name.to_owned(),
                 spec.entry,
@@ -77,11 +77,7 @@ pub fn run(args: KernelsArgs) -> anyhow::Result<ExitCode> {
     }
     // Devices with more than WebGPU's default workgroup memory build the xlarge GEMM 16-deep.
     let xl = &KERNELS[KernelId::MatmulNtXLarge as usize];
-    if args
-        .filter
-        .as_ref()
-        .is_none_or(|f| xl.name.contains(f.as_str()))
-    {
+    if wanted(xl.name) {
         jobs.push((
             format!("{} 16-deep", xl.name),
             xl.entry,
@@ -123,18 +119,7 @@ pub fn run(args: KernelsArgs) -> anyhow::Result<ExitCode> {
             .with_context(|| format!("kernel `{label}`"))?;
         let stem = label.replace([' ', ','], "_");
         if let (Some(dir), Some(blob)) = (&args.binary, &inspection.cache_data) {
-            let images = elf_images(blob);
-            if images.is_empty() {
-                write(dir.join(format!("{stem}.blob")), blob)?;
-            }
-            for (i, image) in images.iter().enumerate() {
-                let suffix = if i == 0 {
-                    String::new()
-                } else {
-                    format!(".{i}")
-                };
-                write(dir.join(format!("{stem}{suffix}.cubin")), image)?;
-            }
+            write(dir.join(format!("{stem}.blob")), blob)?;
         }
         for exe in inspection.executables {
             if let Some(dir) = &args.ir {

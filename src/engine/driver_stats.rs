@@ -76,8 +76,8 @@ pub struct Executable {
 #[derive(Clone, Debug, Default)]
 pub struct Inspection {
     pub executables: Vec<Executable>,
-    /// The driver's pipeline-cache blob for this pipeline alone (opaque, driver-specific; on
-    /// NVIDIA it holds the machine code as an ELF image, see [`elf_images`]), when asked for.
+    /// The driver's pipeline-cache blob for this pipeline alone, when asked for: opaque and
+    /// driver-specific (on NVIDIA, benches/nvidia_sass.py cuts the machine code out of it).
     pub cache_data: Option<Vec<u8>>,
 }
 
@@ -88,49 +88,6 @@ pub struct Capture {
     pub representations: bool,
     /// The pipeline-cache blob.
     pub cache_data: bool,
-}
-
-/// The ELF images inside a driver blob, each cut at the end of its last header table or section:
-/// NVIDIA's pipeline cache stores the SASS machine code as a cubin, which `nvdisasm` reads.
-pub fn elf_images(blob: &[u8]) -> Vec<&[u8]> {
-    let mut out = Vec::new();
-    let mut at = 0;
-    while let Some(pos) = blob[at..].windows(4).position(|w| w == b"\x7fELF") {
-        let start = at + pos;
-        match elf64_len(&blob[start..]) {
-            Some(len) => {
-                out.push(&blob[start..start + len]);
-                at = start + len;
-            }
-            None => at = start + 4,
-        }
-    }
-    out
-}
-
-/// The byte length of a little-endian ELF64 image from its header, if it fits in `bytes`.
-fn elf64_len(bytes: &[u8]) -> Option<usize> {
-    let u16_at = |o: usize| Some(u16::from_le_bytes(bytes.get(o..o + 2)?.try_into().ok()?) as u64);
-    let u64_at = |o: usize| Some(u64::from_le_bytes(bytes.get(o..o + 8)?.try_into().ok()?));
-    // ELFCLASS64, little-endian.
-    if bytes.get(4) != Some(&2) || bytes.get(5) != Some(&1) {
-        return None;
-    }
-    let (phoff, shoff) = (u64_at(0x20)?, u64_at(0x28)?);
-    let (phentsize, phnum) = (u16_at(0x36)?, u16_at(0x38)?);
-    let (shentsize, shnum) = (u16_at(0x3A)?, u16_at(0x3C)?);
-    let mut end = (phoff + phentsize * phnum).max(shoff + shentsize * shnum);
-    // Section contents may lie past the section header table; SHT_NOBITS (8) occupy no bytes.
-    const SHT_NOBITS: u32 = 8;
-    for i in 0..shnum {
-        let h = usize::try_from(shoff + i * shentsize).ok()?;
-        let kind = u32::from_le_bytes(bytes.get(h + 4..h + 8)?.try_into().ok()?);
-        if kind != SHT_NOBITS {
-            end = end.max(u64_at(h + 0x18)? + u64_at(h + 0x20)?);
-        }
-    }
-    let end = usize::try_from(end).ok()?;
-    (end <= bytes.len() && end >= 0x40).then_some(end)
 }
 
 /// A Vulkan device opened only to compile pipelines and ask the driver about them.
@@ -583,47 +540,6 @@ mod tests {
         version: (1, 6),
         native_workgroup_zeroing: true,
     };
-
-    /// A minimal little-endian ELF64 image: header, one 16-byte section past the header, and
-    /// its two-entry section table after it.
-    fn tiny_elf() -> Vec<u8> {
-        let mut e = vec![0u8; 0x40];
-        e[..4].copy_from_slice(b"\x7fELF");
-        e[4] = 2; // 64-bit
-        e[5] = 1; // little-endian
-        let shoff: u64 = 0x50;
-        e[0x28..0x30].copy_from_slice(&shoff.to_le_bytes());
-        e[0x3A..0x3C].copy_from_slice(&64u16.to_le_bytes());
-        e[0x3C..0x3E].copy_from_slice(&2u16.to_le_bytes());
-        e.extend_from_slice(&[0xAB; 16]); // the section, at 0x40
-        let mut null = vec![0u8; 64];
-        null[4..8].copy_from_slice(&0u32.to_le_bytes());
-        let mut text = vec![0u8; 64];
-        text[4..8].copy_from_slice(&1u32.to_le_bytes()); // PROGBITS
-        text[0x18..0x20].copy_from_slice(&0x40u64.to_le_bytes());
-        text[0x20..0x28].copy_from_slice(&16u64.to_le_bytes());
-        e.extend(null);
-        e.extend(text);
-        e
-    }
-
-    #[test]
-    fn elf_images_are_cut_from_a_blob_at_their_section_tables_end() {
-        let elf = tiny_elf();
-        let mut blob = b"header bytes".to_vec();
-        blob.extend(&elf);
-        blob.extend(b"trailing driver data");
-        let images = elf_images(&blob);
-        assert_eq!(images, vec![elf.as_slice()]);
-    }
-
-    #[test]
-    fn a_truncated_elf_image_is_not_reported() {
-        let elf = tiny_elf();
-        let blob = &elf[..elf.len() - 1];
-        assert!(elf_images(blob).is_empty());
-        assert!(elf_images(b"\x7fELF").is_empty());
-    }
 
     #[test]
     fn every_shipped_kernel_becomes_spirv_with_its_bindings() {

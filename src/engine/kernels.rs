@@ -653,12 +653,7 @@ pub const KERNELS: &[KernelSpec] = &[
 
 /// The full WGSL of a kernel: its constants, the shared reductions if used, then the file.
 pub fn wgsl(spec: &KernelSpec) -> String {
-    wgsl_with(spec, spec.consts)
-}
-
-/// A kernel's WGSL with other constants than its table entry's (tile experiments).
-fn wgsl_with(spec: &KernelSpec, consts: &[(&str, u32)]) -> String {
-    wgsl_from(spec, consts, spec.source)
+    wgsl_from(spec, spec.consts, spec.source)
 }
 
 /// A kernel's WGSL with `source` in place of its file's text.
@@ -697,6 +692,16 @@ pub fn wgsl_with_source(spec: &KernelSpec, source: &str) -> String {
     wgsl_from(spec, spec.consts, source)
 }
 
+/// Kernel `i`'s WGSL from `source` as this device builds it: its table constants, except the
+/// xlarge GEMM, which takes the device's `xlarge` tile.
+fn device_wgsl(i: usize, spec: &KernelSpec, xlarge: NtTile, source: &str) -> String {
+    if i == KernelId::MatmulNtXLarge as usize {
+        nt_tile_wgsl(spec, xlarge, source)
+    } else {
+        wgsl_with_source(spec, source)
+    }
+}
+
 /// A compiled kernel ready to dispatch.
 #[derive(Clone)]
 pub struct Kernel {
@@ -708,14 +713,6 @@ pub struct Kernel {
 
 /// Byte size of every kernel's uniform parameter binding (each `Params` struct fits in it).
 pub const PARAMS_BINDING_SIZE: u64 = 256;
-
-pub fn build(device: &wgpu::Device, spec: &KernelSpec) -> Kernel {
-    build_with(device, spec, spec.consts)
-}
-
-fn build_with(device: &wgpu::Device, spec: &KernelSpec, consts: &[(&str, u32)]) -> Kernel {
-    build_from(device, spec, wgsl_with(spec, consts))
-}
 
 fn build_from(device: &wgpu::Device, spec: &KernelSpec, source: String) -> Kernel {
     // SAFETY: every kernel guards its own indices (partial tiles, odd sizes); the parity tests on
@@ -813,7 +810,7 @@ pub enum KernelId {
 pub struct Kernels {
     kernels: Vec<Kernel>,
     /// The tile `matmul_nt_xlarge` was built for on this device ([`xlarge_tile`]).
-    pub xlarge: NtTile,
+    pub(crate) xlarge: NtTile,
     /// Shader files replaced by [`Kernels::with_shader_source`], by file name: kernels rebuilt
     /// later (another NT tile) are built from them too.
     replaced_sources: Vec<(&'static str, String)>,
@@ -870,12 +867,7 @@ impl Kernels {
                 continue;
             }
             let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
-            let wgsl = if i == KernelId::MatmulNtXLarge as usize {
-                nt_tile_wgsl(spec, self.xlarge, source)
-            } else {
-                wgsl_with_source(spec, source)
-            };
-            let kernel = build_from(device, spec, wgsl);
+            let kernel = build_from(device, spec, device_wgsl(i, spec, self.xlarge, source));
             if let Some(e) = pollster::block_on(scope.pop()) {
                 return Err(format!("{file}, entry `{}`: {e}", spec.entry));
             }
@@ -901,12 +893,11 @@ impl Kernels {
 
     pub fn build_all(device: &wgpu::Device) -> Self {
         let xlarge = xlarge_tile(&device.limits());
-        let mut kernels: Vec<Kernel> = KERNELS.iter().map(|s| build(device, s)).collect();
-        if xlarge != NT_XLARGE {
-            let spec = &KERNELS[KernelId::MatmulNtXLarge as usize];
-            kernels[KernelId::MatmulNtXLarge as usize] =
-                build_from(device, spec, nt_tile_wgsl(spec, xlarge, spec.source));
-        }
+        let kernels = KERNELS
+            .iter()
+            .enumerate()
+            .map(|(i, spec)| build_from(device, spec, device_wgsl(i, spec, xlarge, spec.source)))
+            .collect();
         Self {
             kernels,
             xlarge,
