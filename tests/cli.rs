@@ -188,3 +188,38 @@ fn kernels_refuses_a_bad_tile_or_an_unknown_shader_file_before_opening_any_devic
         "{err}"
     );
 }
+
+#[test]
+fn bench_depth_cost_prints_attnres_against_weights_one_and_refuses_a_model_without_attnres() {
+    let run = |arch: &str| {
+        depthlens(&[
+            "bench",
+            "--synthetic",
+            &format!("{arch},2,64"),
+            "--tokens",
+            "9",
+            "--iters",
+            "2",
+            "--warmup",
+            "0",
+            "--depth-cost",
+        ])
+    };
+    let (code, out, err) = run("block");
+    assert_eq!(code, 0, "{err}");
+    let row = out
+        .lines()
+        .skip_while(|l| !l.starts_with("What AttnRes costs"))
+        .find(|l| l.starts_with("| 9 |"))
+        .unwrap_or_else(|| panic!("no T=9 row after the depth-cost heading:\n{out}"));
+    let cells: Vec<&str> = row.trim_matches('|').split('|').map(str::trim).collect();
+    assert_eq!(cells.len(), 9, "{row}");
+    for cell in &cells[1..8] {
+        let ms: f64 = cell.parse().unwrap_or_else(|_| panic!("{cell} in {row}"));
+        assert!(ms.is_finite(), "{row}");
+    }
+    assert!(cells[8].ends_with('%'), "{row}");
+    let (code, _, err) = run("baseline");
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("has no AttnRes"), "{err}");
+}

@@ -10,7 +10,7 @@ use depthlens::engine::kernels::{
     NT_XLARGE, NT_XLARGE_DEEP,
 };
 use depthlens::engine::matmul::Gemm;
-use depthlens::engine::{Engine, GpuTraceOptions, TRANSPOSED_V_MIN_TOKENS};
+use depthlens::engine::{DepthWeights, Engine, GpuTraceOptions, TRANSPOSED_V_MIN_TOKENS};
 use depthlens::model::random::Rng;
 use depthlens::model::{ModelConfig, TextTokenizer, Weights};
 use depthlens::progress::Silent;
@@ -728,4 +728,62 @@ fn every_kernel_builds_and_runs_on_a_device_opened_with_webgpu_default_limits() 
     let w = common::tiny_weights(&cfg, 31);
     let (gpu, cpu) = gpu_and_cpu(&small, &cfg, &w, &ODD);
     assert_traces_match("block:3 on WebGPU default limits", &gpu, &cpu, 1e-4);
+}
+
+#[test]
+fn attnres_with_every_depth_weight_one_is_its_prenorm_counterpart() {
+    // `bench --depth-cost` times AttnRes against this: the same kernels summing their sources
+    // with weight 1. Block's block sums and Full's sublayer outputs then add up to the PreNorm
+    // residual stream, so the forward is the reference's forward of the same weights without
+    // AttnRes (its pseudo-queries unused).
+    let mut uniform = Engine::new().unwrap_or_else(|e| panic!("GPU tests need an adapter: {e}"));
+    uniform.set_depth_weights(DepthWeights::Uniform);
+    let tok = TextTokenizer::byte_fallback();
+    let opts = TraceOptions {
+        logits: true,
+        ..Default::default()
+    };
+    let gpu_opts = GpuTraceOptions {
+        logits: true,
+        profile: false,
+    };
+    for kind in ["block:2", "full"] {
+        let cfg = common::tiny_config(kind);
+        let w = common::tiny_weights(&cfg, 31);
+        let mut prenorm = cfg.clone();
+        prenorm.attnres = None;
+        let baseline =
+            reference::trace_tokens(&prenorm, &w, &tok, tok.tokens_from_ids(&ODD), opts, &Silent)
+                .unwrap();
+        let model = uniform.load(&cfg, &w).unwrap();
+        let gpu = uniform
+            .trace(&model, &tok, tok.tokens_from_ids(&ODD), gpu_opts)
+            .unwrap();
+        let logits = gpu.logits.as_ref().unwrap().concat();
+        let baseline_logits = baseline.logits.as_ref().unwrap().concat();
+        let err = common::normwise_err(&logits, &baseline_logits);
+        assert!(
+            err < 1e-5,
+            "{kind} with weights 1 against PreNorm: {err:.2e}"
+        );
+        assert_eq!(gpu.ops.len(), baseline.ops.len());
+        for (g, b) in gpu.ops.iter().zip(&baseline.ops) {
+            assert!(
+                g.alpha.flat().iter().all(|&a| a == 1.0),
+                "{kind} {}: every weight 1",
+                g.name
+            );
+            let what = format!("{kind} {} hidden_rms", g.name);
+            assert_rel(&what, &g.hidden_rms, &b.hidden_rms, 1e-6, 1e-4);
+        }
+        // The learned weights give another forward: the comparison is not of a model with itself.
+        let learned =
+            reference::trace_tokens(&cfg, &w, &tok, tok.tokens_from_ids(&ODD), opts, &Silent)
+                .unwrap();
+        let learned_err = common::normwise_err(&learned.logits.unwrap().concat(), &baseline_logits);
+        assert!(
+            learned_err > 1e-2,
+            "{kind}: learned depth weights should change the logits ({learned_err:.2e})"
+        );
+    }
 }

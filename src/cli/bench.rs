@@ -14,7 +14,7 @@ use crate::engine::kernels::{
     SPLIT_PARTIAL_FLOATS,
 };
 use crate::engine::matmul::Gemm;
-use crate::engine::{Engine, GpuTraceOptions};
+use crate::engine::{DepthWeights, Engine, GpuModel, GpuTraceOptions};
 use crate::model::random::{random_weights, RandomInit, Rng};
 use crate::model::{Checkpoint, ModelConfig, TextTokenizer, Weights};
 use crate::progress::Silent;
@@ -82,6 +82,11 @@ pub struct BenchArgs {
     /// Attention kernel: `gemm` (Q Kᵀ, softmax, P V; the default) or `fused` (flash_attention).
     #[arg(long, value_enum, default_value_t = AttentionKernel::Gemm)]
     pub attention: AttentionKernel,
+    /// What AttnRes itself costs (the report's inference overhead): at each --tokens length,
+    /// the forward and its depth kernels against the same model with every depth weight 1, its
+    /// PreNorm counterpart (same kernels, same Trace statistics), alternated --iters times.
+    #[arg(long)]
+    pub depth_cost: bool,
     /// Kernel experiments: build the kernels of this WGSL file's name (e.g. `depth.wgsl`) from
     /// this file instead of the shipped one. Repeatable.
     #[arg(long = "shader")]
@@ -171,6 +176,9 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
             }
             _ => bail!("give a checkpoint or --synthetic ARCH,LAYERS,DIM (not both)"),
         };
+    if args.depth_cost && cfg.attnres.is_none() {
+        bail!("--depth-cost compares AttnRes's depth weights with weight 1: {label} has no AttnRes (its depth weights are 1 already)");
+    }
     let params = weights.parameter_count();
     let tok = TextTokenizer::byte_fallback();
     let ids_for = |t: usize| -> Vec<u32> {
@@ -180,31 +188,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     };
     let engine = match args.device {
         DeviceChoice::Cpu => None,
-        _ => {
-            let mut engine = Engine::new()?;
-            let mut policy = *engine.gemm_policy();
-            policy.fill = args.gemm_fill.unwrap_or(policy.fill);
-            policy.min_split_k = args.min_split_k.unwrap_or(policy.min_split_k);
-            if let Some(t) = &args.small_tile {
-                policy.small = parse_tile(t).context("--small-tile")?;
-            }
-            for path in &args.shaders {
-                let (file, source) = read_shader(path)?;
-                engine
-                    .replace_shader(&file, &source)
-                    .with_context(|| format!("shader {}", path.display()))?;
-                println!("shader: {} from {}", file, path.display());
-            }
-            engine.set_attention(args.attention);
-            if args.attention == AttentionKernel::Fused {
-                println!("attention: flash_attention (head_dim <= {FLASH_MAX_HEAD_DIM})");
-            }
-            if policy != *engine.gemm_policy() {
-                engine.set_gemm_policy(policy)?;
-                println!("GEMM policy: {policy:?}");
-            }
-            Some(engine)
-        }
+        _ => Some(gpu_engine(&args, DepthWeights::Learned, true)?),
     };
     let device = engine
         .as_ref()
@@ -441,6 +425,12 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
             100.0 * rest / per_run
         );
     }
+    if args.depth_cost {
+        let (Some(e), Some(m)) = (&engine, &gpu_model) else {
+            bail!("--depth-cost times the GPU engine: use --device gpu")
+        };
+        depth_cost(&args, e, m, &cfg, &weights, &tok, &ids_for)?;
+    }
     if let (Some(t), Some(e), Some(m)) = (args.profile, &engine, &gpu_model) {
         let ids = ids_for(t);
         let opts = GpuTraceOptions {
@@ -485,6 +475,117 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         );
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The GPU engine as the flags set it up (kernel experiments, GEMM policy, attention kernel),
+/// mixing AttnRes's depth sources with `weights`; `announce` prints what differs from default.
+fn gpu_engine(args: &BenchArgs, weights: DepthWeights, announce: bool) -> anyhow::Result<Engine> {
+    let mut engine = Engine::new()?;
+    let mut policy = *engine.gemm_policy();
+    policy.fill = args.gemm_fill.unwrap_or(policy.fill);
+    policy.min_split_k = args.min_split_k.unwrap_or(policy.min_split_k);
+    if let Some(t) = &args.small_tile {
+        policy.small = parse_tile(t).context("--small-tile")?;
+    }
+    for path in &args.shaders {
+        let (file, source) = read_shader(path)?;
+        engine
+            .replace_shader(&file, &source)
+            .with_context(|| format!("shader {}", path.display()))?;
+        if announce {
+            println!("shader: {} from {}", file, path.display());
+        }
+    }
+    engine.set_attention(args.attention);
+    engine.set_depth_weights(weights);
+    if announce && args.attention == AttentionKernel::Fused {
+        println!("attention: flash_attention (head_dim <= {FLASH_MAX_HEAD_DIM})");
+    }
+    if policy != *engine.gemm_policy() {
+        engine.set_gemm_policy(policy)?;
+        if announce {
+            println!("GEMM policy: {policy:?}");
+        }
+    }
+    Ok(engine)
+}
+
+/// GPU time of one profiled forward: (all kernels, the depth kernels), in ms.
+fn gpu_times(
+    engine: &Engine,
+    model: &GpuModel,
+    tok: &TextTokenizer,
+    ids: &[u32],
+) -> anyhow::Result<(f64, f64)> {
+    let opts = GpuTraceOptions {
+        logits: false,
+        profile: true,
+    };
+    let (_, profile) = engine.trace_profiled(model, tok, tok.tokens_from_ids(ids), opts)?;
+    let total: f64 = profile.kernels.iter().map(|k| k.nanoseconds).sum();
+    let depth: f64 = profile
+        .kernels
+        .iter()
+        .filter(|k| k.kernel.starts_with("depth"))
+        .map(|k| k.nanoseconds)
+        .sum();
+    Ok((total / 1e6, depth / 1e6))
+}
+
+/// `--depth-cost`: AttnRes against its PreNorm counterpart (every depth weight 1) on a second
+/// engine, alternated round by round so that both see the same clocks. The cost is the median
+/// of the rounds' differences.
+#[allow(clippy::too_many_arguments)]
+fn depth_cost(
+    args: &BenchArgs,
+    engine: &Engine,
+    model: &GpuModel,
+    cfg: &ModelConfig,
+    weights: &Weights,
+    tok: &TextTokenizer,
+    ids_for: &dyn Fn(usize) -> Vec<u32>,
+) -> anyhow::Result<()> {
+    let uniform = gpu_engine(args, DepthWeights::Uniform, false)?;
+    let uniform_model = uniform.load(cfg, weights)?;
+    println!(
+        "\nWhat AttnRes costs over its PreNorm counterpart (the same model and kernels with every depth weight 1; medians of {} alternated rounds; depth kernels by GPU timestamps, one pass per dispatch):",
+        args.iters
+    );
+    println!("| tokens | forward + Trace ms: AttnRes | weights 1 | difference | GPU time ms: AttnRes | weights 1 | depth kernels ms: AttnRes | weights 1 | difference, % of GPU time |\n|---|---|---|---|---|---|---|---|---|");
+    let wall = |e: &Engine, m: &GpuModel, ids: &[u32]| -> anyhow::Result<f64> {
+        let started = Instant::now();
+        e.trace(m, tok, tok.tokens_from_ids(ids), GpuTraceOptions::default())?;
+        Ok(started.elapsed().as_secs_f64() * 1e3)
+    };
+    for &t in &args.tokens {
+        if t > cfg.max_positions {
+            continue;
+        }
+        let ids = ids_for(t);
+        let mut rows: Vec<[f64; 6]> = Vec::new();
+        for i in 0..args.warmup + args.iters {
+            let a = wall(engine, model, &ids)?;
+            let b = wall(&uniform, &uniform_model, &ids)?;
+            let (ga, da) = gpu_times(engine, model, tok, &ids)?;
+            let (gb, db) = gpu_times(&uniform, &uniform_model, tok, &ids)?;
+            if i >= args.warmup {
+                rows.push([a, b, ga, gb, da, db]);
+            }
+        }
+        let col = |j: usize| median(rows.iter().map(|r| r[j]).collect());
+        let wall_diff = median(rows.iter().map(|r| r[0] - r[1]).collect());
+        let depth_share = median(rows.iter().map(|r| 100.0 * (r[4] - r[5]) / r[2]).collect());
+        println!(
+            "| {t} | {:.2} | {:.2} | {wall_diff:+.3} | {:.3} | {:.3} | {:.3} | {:.3} | {depth_share:+.2}% |",
+            col(0),
+            col(1),
+            col(2),
+            col(3),
+            col(4),
+            col(5)
+        );
+    }
+    Ok(())
 }
 
 /// Every kernel and a few split counts for one shape (the `--sweep` table).

@@ -13,7 +13,7 @@ use rayon::prelude::*;
 use std::sync::{Arc, Mutex};
 
 use super::plan::{elementwise_groups, row_groups, Plan, Recorded};
-use super::{Engine, Error};
+use super::{DepthWeights, Engine, Error};
 use crate::model::{Activation, AttnResMode, NormKind, TextTokenizer, Token};
 use crate::reference::forward::op_name;
 use crate::reference::ops::rope_half_tables;
@@ -705,6 +705,8 @@ impl Engine {
         }
 
         let eps = cfg.attnres.map(|a| a.eps).unwrap_or(0.0) as f32;
+        // Without a pseudo-query an op sums its sources with weight 1 (depth.wgsl's mode 0).
+        let learned = self.depth_weights == DepthWeights::Learned;
         let mut pending: Option<PendingSink> = None;
         for (l, (st, sink)) in op_stats.iter().zip(&layout.sinks).enumerate() {
             let layer = &model.layers[l / 2];
@@ -712,7 +714,8 @@ impl Engine {
                 layer.attn_qg.as_ref()
             } else {
                 layer.mlp_qg.as_ref()
-            };
+            }
+            .filter(|_| learned);
             let norm = if l % 2 == 0 {
                 &layer.attn_norm
             } else {
@@ -745,7 +748,7 @@ impl Engine {
             &mut r,
             fin,
             list_offsets[n_sub],
-            model.final_qg.as_ref(),
+            model.final_qg.as_ref().filter(|_| learned),
             eps,
             &model.final_norm,
             pending.take(),

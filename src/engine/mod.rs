@@ -51,7 +51,21 @@ pub struct Engine {
     pub(crate) limits: wgpu::Limits,
     pub(crate) gemm_policy: kernels::GemmPolicy,
     pub(crate) attention: kernels::AttentionKernel,
+    pub(crate) depth_weights: DepthWeights,
     adapter_name: String,
+}
+
+/// What the depth ops of an AttnRes model mix their sources with.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum DepthWeights {
+    /// The checkpoint's: a softmax over the pseudo-queries' scores (ATTNRES.md).
+    #[default]
+    Learned,
+    /// Every weight 1, no scoring: the sources (the embedding and every sublayer output, or
+    /// Block's block sums) then add up to the PreNorm residual stream, so the model runs as its
+    /// standard-residual counterpart with the same kernels and Trace statistics. What AttnRes
+    /// costs over that is the report's inference overhead (`depthlens bench --depth-cost`).
+    Uniform,
 }
 
 /// Adapters in the order we prefer them: real GPUs on Vulkan first, software last.
@@ -162,6 +176,7 @@ impl Engine {
             limits,
             gemm_policy,
             attention: kernels::AttentionKernel::default(),
+            depth_weights: DepthWeights::Learned,
             adapter_name: format!("{} ({:?})", info.name, info.backend),
         })
     }
@@ -222,6 +237,12 @@ impl Engine {
     /// the path they were recorded with.
     pub fn set_attention(&mut self, kernel: kernels::AttentionKernel) {
         self.attention = kernel;
+    }
+
+    /// What AttnRes depth ops mix with (models without AttnRes always sum with weight 1). Call
+    /// before loading models: prepared forwards keep the weights they were recorded with.
+    pub fn set_depth_weights(&mut self, weights: DepthWeights) {
+        self.depth_weights = weights;
     }
 
     /// The adapter, as the Trace's `device` field names it.
