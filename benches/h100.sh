@@ -12,5 +12,6 @@ echo "### profile block 512"; $B bench --synthetic block,12,768 --tokens 512 --i
 echo "### profile full 512"; $B bench --synthetic full,12,768 --tokens 512 --iters 3 --profile 512 | grep -E "GPU time|depth"
 echo "### profile block 64"; $B bench --synthetic block,30,576 --tokens 64 --iters 3 --profile 64 | sed -n '/GPU time/,$p'
 echo "### profile full 64"; $B bench --synthetic full,30,576 --tokens 64 --iters 3 --profile 64 | grep -E "GPU time|depth"
+echo "### depth cost (AttnRes against every depth weight 1)"; for m in block,12,768 full,12,768; do $B bench --synthetic $m --tokens 64,512,2048 --iters 10 --depth-cost | sed -n '/What AttnRes/,$p'; done; $B bench --synthetic block,30,576 --tokens 64 --iters 20 --depth-cost | sed -n '/What AttnRes/,$p'
 echo "### cpu"; RAYON_NUM_THREADS=2 $B bench --synthetic block,12,768 --tokens 128 --device cpu --iters 3 --warmup 1 | tail -1; python3 benches/torch_forward.py --synthetic block,12,768 --tokens 128 --cpu-threads 2 --iters 5 | tail -1; RAYON_NUM_THREADS=16 $B bench --synthetic block,12,768 --tokens 128 --device cpu --iters 3 --warmup 1 | tail -1; python3 benches/torch_forward.py --synthetic block,12,768 --tokens 128 --cpu-threads 16 --iters 5 | tail -1
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
