@@ -17,7 +17,7 @@ struct Params {
     hidden_rms_off: u32, norm_kind: u32, norm_eps: f32, t0: u32,
     tc: u32, fused: u32, sink_slot: u32, sink_kind: u32,
     y_rms_off: u32, partial_rms_off: u32, splits: u32, split_stride: u32,
-    has_bias: u32, _p1: u32, _p2: u32, _p3: u32,
+    has_bias: u32, h_holds_previous: u32, _p2: u32, _p3: u32,
     // main_cached's source slots (`main` reads `slots[list_off ..]`): its own binding 2 is y.
     cached_slots: array<vec4<u32>, CSLOT_VEC4S>,
 }
@@ -121,16 +121,27 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
         var acc: array<f32, E>;
         for (var e = 0u; e < E; e++) { acc[e] = 0.0; }
         // Sources in order (the baseline's residual sum keeps the reference's summation order).
-        for (var i0 = 0u; i0 < p.n; i0 += CH) {
-            for (var c = 0u; c < CH; c++) {
-                if (i0 + c < p.n) {
-                    let base = base_of[i0 + c];
-                    let w = weight[i0 + c];
-                    for (var e = 0u; e < E; e++) {
-                        let j = j0 + lid + e * WG;
-                        if (j < p.d) {
-                            let v = src[base + j];
-                            if (p.mode == 1u) { acc[e] = fma(w, v, acc[e]); } else { acc[e] += v; }
+        // With h_holds_previous, h already holds the weight-1 sum of all sources but the last
+        // (the previous op's, as `main` wrote it), so adding the last gives the same sum, bit for
+        // bit, from two rows instead of n.
+        if (p.mode != 1u && p.h_holds_previous != 0u) {
+            let last = base_of[p.n - 1u];
+            for (var e = 0u; e < E; e++) {
+                let j = j0 + lid + e * WG;
+                if (j < p.d) { acc[e] = h[hb + j] + src[last + j]; }
+            }
+        } else {
+            for (var i0 = 0u; i0 < p.n; i0 += CH) {
+                for (var c = 0u; c < CH; c++) {
+                    if (i0 + c < p.n) {
+                        let base = base_of[i0 + c];
+                        let w = weight[i0 + c];
+                        for (var e = 0u; e < E; e++) {
+                            let j = j0 + lid + e * WG;
+                            if (j < p.d) {
+                                let v = src[base + j];
+                                if (p.mode == 1u) { acc[e] = fma(w, v, acc[e]); } else { acc[e] += v; }
+                            }
                         }
                     }
                 }

@@ -269,6 +269,14 @@ fn gpt2_trace_matches_the_reference() {
 
 /// The biased q/k/v projection (K = 256) runs split-K; RoPE sums its partials and adds the bias.
 #[test]
+fn prenorm_models_with_more_depth_sources_than_registers_hold_match_the_reference() {
+    // 7 layers: the ops past 12 sources run `main`, which adds each new sublayer output to the
+    // residual stream that it wrote for the op before (RMSNorm and LayerNorm models).
+    assert_parity("llama:deep", &ODD);
+    assert_parity("gpt2:deep", &ODD);
+}
+
+#[test]
 fn split_k_qkv_with_bias_and_rope_match_the_reference() {
     let cfg = common::tiny_config("qwen2:wide");
     let row = ((cfg.num_heads + 2 * cfg.num_kv_heads) * cfg.head_dim) as u32;

@@ -215,6 +215,9 @@ struct Recorder<'a> {
     heads_per_pass: u32,
     /// Attention through `flash_attention` (else Q Kᵀ, softmax, P V).
     fused_attention: bool,
+    /// The slots whose weight-1 sum the `h` buffer holds: the last depth op that wrote it (`main`
+    /// in mode 0). The next op over the same slots plus one adds that one to it.
+    residual_in_h: Option<Vec<u32>>,
 }
 
 impl Recorder<'_> {
@@ -686,6 +689,7 @@ impl Engine {
             t,
             heads_per_pass,
             fused_attention,
+            residual_in_h: None,
         };
 
         // Embedding (+ learned positions) into slot 0, and its mean square for depth keys.
@@ -1120,7 +1124,8 @@ fn depth_op(
     let qg = qg.unwrap_or(&r.model.dummy);
     let beta = norm.bias.as_ref().unwrap_or(&r.model.dummy);
     let b = r.b;
-    // One read of the sources when they fit in registers (as vec4s); three otherwise.
+    // One read of the sources when they fit in registers (as vec4s); otherwise `main` reads them
+    // to score (AttnRes), to mix (unless it adds one source to h, below) and for the shares.
     let cached = depth_cached_kernel(st.n).filter(|_| d <= DEPTH_CACHED_DIM && d.is_multiple_of(4));
     if cached.is_none() {
         if let Some(out) = &pending {
@@ -1128,6 +1133,16 @@ fn depth_op(
         }
     }
     let fused = pending.as_ref().filter(|_| cached.is_some());
+    // PreNorm's residual stream grows by one source per op (baseline, Full with weights 1): when
+    // h holds the sum of this op's other sources, `main` adds the new one instead of summing all.
+    let lists: &[u32] = r.slot_lists;
+    let op_slots = &lists[list_off as usize..(list_off + st.n) as usize];
+    let weight_one_main = cached.is_none() && mode == 0;
+    let h_holds_previous = weight_one_main
+        && op_slots
+            .split_last()
+            .is_some_and(|(_, rest)| r.residual_in_h.as_deref() == Some(rest));
+    r.residual_in_h = weight_one_main.then(|| op_slots.to_vec());
     let mut slots = [0u32; 4 * DEPTH_CACHED_SLOT_VEC4S as usize];
     if cached.is_some() {
         let lists = &r.slot_lists[list_off as usize..(list_off + st.n) as usize];
@@ -1166,7 +1181,7 @@ fn depth_op(
             fused.map_or(1, |o| o.y.splits),
             r.t * d,
             u32::from(fused.is_some_and(|o| o.y.bias.is_some())),
-            0,
+            u32::from(h_holds_previous),
             0,
             0,
         ];

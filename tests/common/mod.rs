@@ -20,6 +20,10 @@ pub fn tiny_config(kind: &str) -> ModelConfig {
             "model_type": "gpt2", "vocab_size": 300, "n_embd": 24, "n_layer": 3, "n_head": 3,
             "n_positions": 40, "layer_norm_epsilon": 1e-5, "activation_function": "gelu_new"
         }),
+        "gpt2:deep" => json!({
+            "model_type": "gpt2", "vocab_size": 300, "n_embd": 24, "n_layer": 7, "n_head": 3,
+            "n_positions": 40, "layer_norm_epsilon": 1e-5, "activation_function": "gelu_new"
+        }),
         "gpt2:deep-mlp" => json!({
             "model_type": "gpt2", "vocab_size": 300, "n_embd": 24, "n_layer": 2, "n_head": 3,
             "n_inner": 300, "n_positions": 40, "layer_norm_epsilon": 1e-5,
@@ -28,6 +32,7 @@ pub fn tiny_config(kind: &str) -> ModelConfig {
         _ => {
             let (model_type, extra) = match kind {
                 "llama" => ("llama", json!({})),
+                "llama:deep" => ("llama", json!({"num_hidden_layers": 7})),
                 "qwen2" => ("qwen2", json!({"tie_word_embeddings": true})),
                 "qwen2:wide" => (
                     "qwen2",
