@@ -68,7 +68,7 @@ pub const NT_XLARGE: NtTile = NtTile {
     tm: 8,
     tn: 8,
 };
-/// NT_XLARGE with 16-deep slices: 39.4-39.6 TFLOP/s at 4096^3 on the H100 against 39.0, but its
+/// NT_XLARGE with 16-deep slices: 42.8-43.0 TFLOP/s at 4096^3 on the H100 against 38.4-39.3, but its
 /// staged tiles take 16896 bytes of workgroup memory, past WebGPU's default 16384 (what the
 /// app's eframe device has). Devices that allow it (the engine's own, opened with the adapter's
 /// limits) build `matmul_nt_xlarge` with it ([`xlarge_tile`]).
