@@ -197,7 +197,7 @@ fn main_large(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_in
 // `splitk_reduce` sums them in split order, so results do not depend on scheduling.
 // GBM, GBN, GBK, GTM, GTN are prepended by engine/kernels.rs. On the H100 (`depthlens kernels`
 // shows the driver's register counts), the 8 x 8 block of 128 x 128 tiles uses no local memory:
-// 128 registers with 8-deep slices (two workgroups per multiprocessor), 147 with 16-deep ones.
+// 128 registers with 8-deep slices (two workgroups per multiprocessor), 149 with 16-deep ones.
 
 @group(0) @binding(5) var<storage, read> a4: array<vec4<f32>>;
 @group(0) @binding(6) var<storage, read> b4: array<vec4<f32>>;
