@@ -535,7 +535,6 @@ fn gpu_times(
 /// `--depth-cost`: AttnRes against its PreNorm counterpart (every depth weight 1) on a second
 /// engine, alternated round by round so that both see the same clocks. The cost is the median
 /// of the rounds' differences.
-#[allow(clippy::too_many_arguments)]
 fn depth_cost(
     args: &BenchArgs,
     engine: &Engine,
