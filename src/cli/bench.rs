@@ -14,7 +14,7 @@ use crate::engine::kernels::{
     SPLIT_PARTIAL_FLOATS,
 };
 use crate::engine::matmul::Gemm;
-use crate::engine::{DepthWeights, Engine, GpuModel, GpuTraceOptions};
+use crate::engine::{DepthWeights, Engine, GpuModel, GpuTraceOptions, KernelTime};
 use crate::model::random::{random_weights, RandomInit, Rng};
 use crate::model::{Checkpoint, ModelConfig, TextTokenizer, Weights};
 use crate::progress::Silent;
@@ -464,11 +464,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
                 100.0 * ns / total
             );
         }
-        let depth: f64 = times
-            .iter()
-            .filter(|k| k.kernel.starts_with("depth"))
-            .map(|k| k.nanoseconds)
-            .sum();
+        let depth = depth_kernel_ns(&times);
         println!(
             "depth ops (the AttnRes / residual mixing kernel; `depth_cached_*` also places the previous sublayer's output, sublayer_out's work): {:.2}% of GPU time",
             100.0 * depth / total
@@ -523,13 +519,16 @@ fn gpu_times(
     };
     let (_, profile) = engine.trace_profiled(model, tok, tok.tokens_from_ids(ids), opts)?;
     let total: f64 = profile.kernels.iter().map(|k| k.nanoseconds).sum();
-    let depth: f64 = profile
-        .kernels
+    Ok((total / 1e6, depth_kernel_ns(&profile.kernels) / 1e6))
+}
+
+/// GPU time of the depth kernels (`depth`, `depth_cached_*`) among `kernels`.
+fn depth_kernel_ns(kernels: &[KernelTime]) -> f64 {
+    kernels
         .iter()
         .filter(|k| k.kernel.starts_with("depth"))
         .map(|k| k.nanoseconds)
-        .sum();
-    Ok((total / 1e6, depth / 1e6))
+        .sum()
 }
 
 /// `--depth-cost`: AttnRes against its PreNorm counterpart (every depth weight 1) on a second
@@ -558,6 +557,10 @@ fn depth_cost(
     };
     for &t in &args.tokens {
         if t > cfg.max_positions {
+            println!(
+                "| {t} | (longer than the model's {} positions) | | | | | | | |",
+                cfg.max_positions
+            );
             continue;
         }
         let ids = ids_for(t);

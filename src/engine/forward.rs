@@ -1145,8 +1145,7 @@ fn depth_op(
     r.residual_in_h = weight_one_main.then(|| op_slots.to_vec());
     let mut slots = [0u32; 4 * DEPTH_CACHED_SLOT_VEC4S as usize];
     if cached.is_some() {
-        let lists = &r.slot_lists[list_off as usize..(list_off + st.n) as usize];
-        slots[..lists.len()].copy_from_slice(lists);
+        slots[..op_slots.len()].copy_from_slice(op_slots);
     }
     let dummy = &r.model.dummy;
     let (yin, bias) = match fused {
