@@ -7,8 +7,11 @@ pub mod analysis;
 pub mod cli;
 pub mod engine;
 pub mod export;
+pub mod figures;
 pub mod model;
 pub mod progress;
 pub mod reference;
 pub mod trace;
 pub mod train;
+#[cfg(feature = "gui")]
+pub mod ui;

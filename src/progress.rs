@@ -8,6 +8,11 @@ pub trait Progress: Sync {
     fn advance(&self, done: u64);
     /// The current stage is over.
     fn finish(&self);
+    /// Whether the caller gave up on the work: long work checks between steps and stops early
+    /// (the app's Cancel button).
+    fn cancelled(&self) -> bool {
+        false
+    }
 }
 
 /// Reports nothing (tests, library callers that do not care).

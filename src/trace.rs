@@ -267,6 +267,10 @@ pub struct Trace {
     pub topk: Vec<Vec<Prediction>>,
     /// Mean next-token cross-entropy over the prompt (nats); `None` for a one-token prompt.
     pub loss: Option<f32>,
+    /// `[T]` each token's surprise, `-ln p(token t | tokens < t)` (nats); `None` for the first
+    /// token, which nothing predicts. `loss` is the mean of the others.
+    #[serde(default)]
+    pub token_nll: Vec<Option<f32>>,
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub grads: Option<Gradients>,
     /// `[T][vocab]`, only when asked for.

@@ -222,6 +222,26 @@ fn assert_traces_match(kind: &str, gpu: &Trace, cpu: &Trace, shares_tol: f32) {
         (None, None) => {}
         other => panic!("{kind}: loss {other:?}"),
     }
+    assert_eq!(
+        gpu.token_nll.len(),
+        cpu.tokens.len(),
+        "{kind}: token_nll length"
+    );
+    assert_eq!(
+        cpu.token_nll.len(),
+        cpu.tokens.len(),
+        "{kind}: token_nll length"
+    );
+    for (t, (g, c)) in gpu.token_nll.iter().zip(&cpu.token_nll).enumerate() {
+        match (g, c) {
+            (Some(g), Some(c)) => assert!(
+                (g - c).abs() <= 1e-4 * c.abs().max(1e-2),
+                "{kind} token {t}: nll {g} vs {c}"
+            ),
+            (None, None) => assert_eq!(t, 0, "{kind}: only the first token has no nll"),
+            other => panic!("{kind} token {t}: nll {other:?}"),
+        }
+    }
     for (t, (g, c)) in gpu.topk.iter().zip(&cpu.topk).enumerate() {
         assert_eq!(g.len(), 5);
         // Ids agree unless two logits are within rounding of each other.

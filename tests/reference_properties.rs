@@ -343,3 +343,35 @@ fn a_batch_of_sequences_gives_each_sequence_its_own_logits() {
         }
     }
 }
+
+#[test]
+fn each_tokens_surprise_is_minus_log_softmax_of_the_logits_and_the_loss_is_their_mean() {
+    let cfg = common::tiny_config("block:2");
+    let trace = trace_of(&cfg, &common::tiny_weights(&cfg, 5), false);
+    let logits = trace.logits.as_ref().unwrap();
+    assert_eq!(trace.token_nll.len(), IDS.len());
+    assert_eq!(trace.token_nll[0], None, "nothing predicts the first token");
+    for t in 1..IDS.len() {
+        // Independent of the readout's one-pass normaliser: f64 log-sum-exp of the row before.
+        let row = &logits[t - 1];
+        let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
+        let lse = max
+            + row
+                .iter()
+                .map(|&x| (x as f64 - max).exp())
+                .sum::<f64>()
+                .ln();
+        let expected = lse - row[IDS[t] as usize] as f64;
+        let got = trace.token_nll[t].expect("every later token has a surprise") as f64;
+        assert!(
+            (got - expected).abs() < 1e-5 * expected.max(1.0),
+            "token {t}: {got} vs {expected}"
+        );
+    }
+    let mean = trace.token_nll[1..]
+        .iter()
+        .map(|v| v.unwrap() as f64)
+        .sum::<f64>()
+        / (IDS.len() - 1) as f64;
+    assert!((mean - trace.loss.unwrap() as f64).abs() < 1e-5);
+}

@@ -25,8 +25,15 @@ pub use progress::BarProgress;
 pub struct Cli {
     #[command(subcommand)]
     pub command: Option<Command>,
-    /// Checkpoint to open in the desktop app (a folder, a .safetensors or a .gguf file).
+    /// Checkpoint to open in the desktop app (a folder, a .safetensors or a .gguf file; default:
+    /// the bundled Block AttnRes demo model).
     pub checkpoint: Option<PathBuf>,
+    /// A second checkpoint to compare with the first, side by side.
+    #[arg(long, value_name = "CKPT_B")]
+    pub compare: Option<PathBuf>,
+    /// The app's first prompt (default: the last one typed).
+    #[arg(long)]
+    pub prompt: Option<String>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -54,12 +61,40 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Some(Command::Train(args)) => train::run(*args),
         Some(Command::Bench(args)) => bench::run(args),
         Some(Command::Kernels(args)) => kernels::run(args),
-        None => {
-            eprintln!(
-                "depthlens: the desktop app is not part of this build yet.\n\
-                 Use `depthlens inspect CKPT` or `depthlens trace CKPT --prompt TEXT` (see --help)."
-            );
-            Ok(ExitCode::from(2))
+        None => run_app(cli.checkpoint, cli.compare, cli.prompt),
+    }
+}
+
+#[cfg(feature = "gui")]
+fn run_app(
+    checkpoint: Option<PathBuf>,
+    compare: Option<PathBuf>,
+    prompt: Option<String>,
+) -> anyhow::Result<ExitCode> {
+    for path in checkpoint.iter().chain(&compare) {
+        // The app reports a broken file in its window; a path that does not exist is a typo.
+        if !path.exists() {
+            anyhow::bail!("{}: no such file or folder", path.display());
         }
     }
+    crate::ui::run(crate::ui::AppOptions {
+        checkpoint,
+        compare,
+        prompt,
+        fresh_state: false,
+    })
+    .map_err(|e| anyhow::anyhow!("the desktop app failed: {e}"))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(not(feature = "gui"))]
+fn run_app(
+    _checkpoint: Option<PathBuf>,
+    _compare: Option<PathBuf>,
+    _prompt: Option<String>,
+) -> anyhow::Result<ExitCode> {
+    anyhow::bail!(
+        "this build has no desktop app (built without the `gui` feature); use `depthlens inspect` \
+         or `depthlens trace` (see --help)"
+    )
 }

@@ -994,6 +994,7 @@ impl Engine {
             .collect();
         let k = TOP_K as usize;
         let mut nll_sum = 0f64;
+        let mut token_nll = vec![None; t as usize];
         // Neighbouring positions predict the same tokens: decode each id once.
         let mut texts: std::collections::HashMap<u32, String> = Default::default();
         let topk = (0..t as usize)
@@ -1001,6 +1002,7 @@ impl Engine {
                 let row = &head[i * (2 * k + 1)..(i + 1) * (2 * k + 1)];
                 if i + 1 < t as usize {
                     nll_sum += f64::from(row[2 * k]);
+                    token_nll[i + 1] = Some(row[2 * k]);
                 }
                 (0..k)
                     .filter(|&j| row[j].to_bits() != u32::MAX)
@@ -1033,6 +1035,7 @@ impl Engine {
             ops,
             topk,
             loss: (t >= 2).then(|| (nll_sum / f64::from(t - 1)) as f32),
+            token_nll,
             grads: None,
             logits,
             warnings: Vec::new(),

@@ -69,7 +69,7 @@ pub enum DepthWeights {
 }
 
 /// Adapters in the order we prefer them: real GPUs on Vulkan first, software last.
-fn adapter_rank(info: &wgpu::AdapterInfo) -> (u8, u8) {
+pub fn adapter_rank(info: &wgpu::AdapterInfo) -> (u8, u8) {
     let device = match info.device_type {
         wgpu::DeviceType::DiscreteGpu => 0,
         wgpu::DeviceType::IntegratedGpu => 1,

@@ -25,7 +25,7 @@ pub enum Error {
 
 /// The bundled font (DejaVu Sans, Bitstream Vera licence: assets/fonts/DejaVuSans.LICENSE), so
 /// PNGs look the same on every machine.
-const FONT: &[u8] = include_bytes!("../../assets/fonts/DejaVuSans.ttf");
+pub const FONT: &[u8] = include_bytes!("../../assets/fonts/DejaVuSans.ttf");
 
 /// Rasterise an SVG document at `scale` (2 gives a sharp figure for a README).
 pub fn svg_to_png(svg: &str, scale: f32) -> Result<Vec<u8>, Error> {

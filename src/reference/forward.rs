@@ -10,6 +10,9 @@ use crate::model::{Activation, Layer, Mlp, ModelConfig, Weights};
 use crate::progress::Progress;
 use crate::trace::{DepthOp, Mixing, OpKind, Rows};
 
+/// The message of the error a forward stops with when its caller cancels it.
+pub const CANCELLED: &str = "cancelled";
+
 /// What the forward produced, before top-k and gradients are turned into Trace fields.
 pub struct ForwardOutput {
     pub ops: Vec<DepthOp>,
@@ -288,6 +291,9 @@ fn forward_batch(
             grad_rms: None,
         });
         progress.advance(l as u64 + 1);
+        if progress.cancelled() {
+            candle_core::bail!("{CANCELLED}");
+        }
     }
 
     // The final op: the input of the final norm (AttnRes: the final aggregation over all sources).

@@ -168,19 +168,20 @@ pub fn trace_tokens(
     // One pass over the `[T, vocab]` logits, read where the LM head wrote them, gives both the
     // loss and the top-k probabilities; candle's log-sum-exp would build four logits-sized
     // temporaries for the loss alone.
-    let (loss, topk, logits) = ops::read_f32(&logits, |flat| {
+    let (loss, token_nll, topk, logits) = ops::read_f32(&logits, |flat| {
         let rows = LogitRows {
             flat,
             positions,
             vocab,
         };
         let normalisers = log_normalisers(rows);
+        let token_nll = token_nll(rows, &normalisers, &ids);
         let loss = mean_next_token_nll(rows, &normalisers, &ids);
         let topk = top_k(rows, &normalisers, opts.top_k, tokenizer);
         let all = opts
             .logits
             .then(|| (0..positions).map(|t| rows[t].to_vec()).collect());
-        (loss, topk, all)
+        (loss, token_nll, topk, all)
     })?;
     Ok(Trace {
         schema_version: TRACE_SCHEMA_VERSION,
@@ -190,6 +191,7 @@ pub fn trace_tokens(
         ops: depth_ops,
         topk,
         loss,
+        token_nll,
         grads,
         logits,
         warnings,
@@ -350,6 +352,19 @@ pub fn log_normalisers(rows: LogitRows) -> Vec<LogNormaliser> {
 }
 
 /// Mean cross-entropy of predicting `ids[t + 1]` at every position `t`; `None` for one token.
+/// Each token's surprise under the model: `-ln p(ids[t] | ids[..t])`, `None` for the first.
+pub fn token_nll(rows: LogitRows, normalisers: &[LogNormaliser], ids: &[u32]) -> Vec<Option<f32>> {
+    std::iter::once(None)
+        .chain(
+            ids[1..]
+                .iter()
+                .enumerate()
+                .map(|(t, &next)| Some(-normalisers[t].log_prob(rows[t][next as usize]) as f32)),
+        )
+        .take(ids.len())
+        .collect()
+}
+
 pub fn mean_next_token_nll(
     rows: LogitRows,
     normalisers: &[LogNormaliser],
