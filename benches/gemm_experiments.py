@@ -15,8 +15,8 @@ more than WebGPU's default 16 KB of workgroup memory, which the engine's own dev
 `--write-only` writes the variants' files (.bench/gemm-experiments/NAME/matmul.wgsl), prints their
 paths and runs nothing (for checking them elsewhere).
 
-Since session 9 the variants are of the earlier, dot-product gemm_nt (commit cce4c19, read with
-`git show`): they reproduce sessions 5-8's results, and time against today's shipped kernel.
+Since commit b91263f the variants are of the earlier, dot-product gemm_nt (commit cce4c19, read with
+`git show`): they reproduce the 2026-11-23/24 GEMM results, and time against today's shipped kernel.
 """
 
 import os
@@ -27,9 +27,9 @@ import textwrap
 
 from shader_variants import between, replaced, with_consts, write_variants
 
-# The variants edit session 8's gemm_nt (dot products over k-contiguous staged tiles), which
-# session 9 replaced with outer products over k-major tiles; they are kept to reproduce the
-# results files of sessions 5-8. Their base is that file as of commit cce4c19, from git.
+# The variants edit the gemm_nt of cce4c19 (dot products over k-contiguous staged tiles), which
+# b91263f replaced with outer products over k-major tiles; they are kept to reproduce the
+# 2026-11-23/24 GEMM results files. Their base is that file as of commit cce4c19, from git.
 BASE_COMMIT = "cce4c19"
 try:
     SHIPPED = subprocess.run(

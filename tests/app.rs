@@ -10,7 +10,7 @@ use depthlens::figures::{source_union, Quantity};
 use depthlens::trace::Trace;
 use depthlens::ui::app::{demo_model, Command};
 use depthlens::ui::views::Pane;
-use depthlens::ui::worker::Slot;
+use depthlens::ui::worker::{Slot, Tracer, TracerChoice};
 use depthlens::ui::{App, AppOptions};
 use egui_kittest::kittest::Queryable;
 use egui_kittest::Harness;
@@ -40,6 +40,7 @@ fn options(a: &str, b: Option<&str>) -> AppOptions {
         compare: b.map(demo_model),
         prompt: Some(PROMPT.into()),
         fresh_state: true,
+        tracer: TracerChoice::Auto,
     }
 }
 
@@ -69,7 +70,7 @@ fn traced(app: &App, slot: Slot, prompt: &str) -> bool {
 /// The depth-attention figure holds the trace's alpha (or shares) of `token` cell by cell.
 fn assert_depth_view_is_the_trace(app: &App, slot: Slot, token: usize, quantity: Quantity) {
     let trace = app.trace(slot).expect("a trace");
-    let fig = &app.figures().slots[slot.index()]
+    let fig = &app.figures().models[slot.index()]
         .as_ref()
         .expect("figures")
         .depth;
@@ -112,7 +113,7 @@ fn typing_and_clicking_a_token_shows_that_tokens_depth_attention() {
     h.run_steps(3);
     assert_eq!(h.state().selection.token, t);
     assert_depth_view_is_the_trace(h.state(), Slot::A, t, Quantity::Alpha);
-    assert!(h.state().figures().slots[0]
+    assert!(h.state().figures().models[0]
         .as_ref()
         .unwrap()
         .depth
@@ -128,7 +129,7 @@ fn typing_and_clicking_a_token_shows_that_tokens_depth_attention() {
     h.run_steps(2);
     let op = h.state().selection.op;
     assert_eq!(op, 1);
-    let ts = &h.state().figures().slots[0].as_ref().unwrap().token_source;
+    let ts = &h.state().figures().models[0].as_ref().unwrap().token_source;
     assert_eq!(ts.col_labels, trace.ops[op].sources);
     assert_eq!(ts.values, trace.ops[op].alpha.flat());
 }
@@ -152,7 +153,7 @@ fn a_baseline_reads_by_shares_and_compare_mode_aligns_both_models() {
     assert_depth_view_is_the_trace(h.state(), Slot::B, t, Quantity::Share);
     let figures = h.state().figures();
     assert_eq!(
-        figures.slots[1].as_ref().unwrap().token,
+        figures.models[1].as_ref().unwrap().token,
         t,
         "same tokenizer, same position"
     );
@@ -163,7 +164,7 @@ fn a_baseline_reads_by_shares_and_compare_mode_aligns_both_models() {
         .clone()
         .expect("a difference")
         .expect("same grid");
-    let a = &figures.slots[0].as_ref().unwrap().depth;
+    let a = &figures.models[0].as_ref().unwrap().depth;
     for (d, x) in diff.values.iter().zip(&a.values) {
         if x.is_nan() {
             assert!(d.is_nan());
@@ -244,7 +245,7 @@ fn gradients_come_on_demand_and_their_view_holds_the_traces_histograms() {
     });
     let grads = h.state().slots[0].grads.as_ref().unwrap().trace.clone();
     let g = grads.grads.as_ref().expect("histograms");
-    let fig = h.state().figures().slots[0]
+    let fig = h.state().figures().models[0]
         .as_ref()
         .unwrap()
         .gradients
@@ -407,4 +408,115 @@ fn thousands_of_random_events_with_traces_in_flight_neither_panic_nor_hang() {
     step_until(&mut h, "a trace after the storm", |a| {
         traced(a, Slot::A, "All the world's a stage")
     });
+}
+
+#[test]
+fn the_gpu_engine_traces_on_the_renderers_own_device_and_agrees_with_the_reference() {
+    // Forced onto the GPU engine even on a software adapter (lavapipe in CI), where the app
+    // would choose the reference for speed.
+    let mut gpu_options = options("block.safetensors", None);
+    gpu_options.tracer = TracerChoice::Gpu;
+    let mut h = harness(gpu_options);
+    step_until(&mut h, "the engine's trace", |a| traced(a, Slot::A, PROMPT));
+    assert!(
+        matches!(h.state().tracer, Some(Tracer::Gpu(_))),
+        "the engine ran on eframe's device: {:?}",
+        h.state().tracer
+    );
+    let gpu = h.state().trace(Slot::A).unwrap().clone();
+    assert_ne!(gpu.device, "cpu-reference");
+    let ckpt = depthlens::model::Checkpoint::open(
+        &demo_model("block.safetensors"),
+        &depthlens::progress::Silent,
+    )
+    .unwrap();
+    let cpu = depthlens::reference::trace(
+        &ckpt,
+        &depthlens::reference::Input::Text(PROMPT.into()),
+        Default::default(),
+        &depthlens::progress::Silent,
+    )
+    .unwrap();
+    assert_eq!(gpu.tokens, cpu.tokens);
+    for (g, c) in gpu.ops.iter().zip(&cpu.ops) {
+        for (a, b) in g.alpha.flat().iter().zip(c.alpha.flat()) {
+            assert!((a - b).abs() < 1e-4, "{} alpha {a} vs {b}", g.name);
+        }
+        for (a, b) in g.hidden_rms.iter().zip(&c.hidden_rms) {
+            assert!(
+                (a - b).abs() <= 1e-4 * b.abs(),
+                "{} hidden_rms {a} vs {b}",
+                g.name
+            );
+        }
+    }
+    assert!((gpu.loss.unwrap() - cpu.loss.unwrap()).abs() < 1e-4);
+    // And the views draw the engine's numbers.
+    assert_depth_view_is_the_trace(h.state(), Slot::A, 0, Quantity::Alpha);
+}
+
+#[test]
+fn a_panels_export_writes_what_the_panel_shows_and_export_all_fills_a_folder() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut h = harness(options("block.safetensors", None));
+    step_until(&mut h, "the first trace", |a| traced(a, Slot::A, PROMPT));
+    h.get_by_label("\u{2423}not").click();
+    h.run_steps(2);
+    let t = h.state().selection.token;
+    let csv_path = dir.path().join("view.csv");
+    h.state_mut().run_command(Command::ExportTo {
+        kind: Some(depthlens::export::views::FigureKind::DepthAttention),
+        format: depthlens::export::views::Format::Csv,
+        path: csv_path.clone(),
+    });
+    step_until(&mut h, "the export", |a| {
+        a.export_note.is_some() || !a.messages.is_empty()
+    });
+    assert!(h.state().messages.is_empty(), "{:?}", h.state().messages);
+    let csv = std::fs::read_to_string(&csv_path).unwrap();
+    let trace = h.state().trace(Slot::A).unwrap().clone();
+    let rows: Vec<&str> = csv.lines().skip(1).collect();
+    assert_eq!(
+        rows.len(),
+        trace.ops.iter().map(|o| o.sources.len()).sum::<usize>()
+    );
+    assert!(
+        rows.iter().all(|r| r.starts_with(&format!("{t},"))),
+        "the selected token's rows"
+    );
+    let folder = dir.path().join("all");
+    h.state_mut().export_note = None;
+    h.state_mut().run_command(Command::ExportTo {
+        kind: None,
+        format: depthlens::export::views::Format::Svg,
+        path: folder.clone(),
+    });
+    step_until(&mut h, "export all", |a| {
+        a.export_note.is_some() || !a.messages.is_empty()
+    });
+    assert!(
+        h.state().export_note.as_ref().unwrap().contains("wrote"),
+        "{:?}",
+        h.state().export_note
+    );
+    for name in [
+        "depth-attention.svg",
+        "token-source.png",
+        "norms.csv",
+        "trace.json",
+    ] {
+        assert!(folder.join(name).is_file(), "{name}");
+    }
+    // An unwritable target is an error in the window, not a crash.
+    h.state_mut().run_command(Command::ExportTo {
+        kind: Some(depthlens::export::views::FigureKind::Norms),
+        format: depthlens::export::views::Format::Svg,
+        path: dir.path().join("missing/folder/n.svg"),
+    });
+    step_until(&mut h, "the failed export", |a| !a.messages.is_empty());
+    assert!(
+        h.state().messages[0].contains("missing/folder"),
+        "{:?}",
+        h.state().messages
+    );
 }

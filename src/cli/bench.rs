@@ -91,6 +91,21 @@ pub struct BenchArgs {
     /// this file instead of the shipped one. Repeatable.
     #[arg(long = "shader")]
     pub shaders: Vec<PathBuf>,
+    /// The desktop app, headless on the default adapter: type into it one character at a time
+    /// (--iters keystrokes per --tokens length) and report keystroke-to-views latency and frame
+    /// time with every view drawn.
+    #[arg(long)]
+    pub app: bool,
+}
+
+#[cfg(feature = "gui")]
+fn app_bench(args: &BenchArgs) -> anyhow::Result<ExitCode> {
+    super::bench_app::run(args)
+}
+
+#[cfg(not(feature = "gui"))]
+fn app_bench(_args: &BenchArgs) -> anyhow::Result<ExitCode> {
+    bail!("--app needs the desktop app: this build has no `gui` feature")
 }
 
 /// The synthetic models of GPU.md's anchors.
@@ -157,6 +172,9 @@ fn median(mut v: Vec<f64>) -> f64 {
 }
 
 pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
+    if args.app {
+        return app_bench(&args);
+    }
     let (cfg, weights, label): (ModelConfig, Weights, String) =
         match (&args.checkpoint, &args.synthetic) {
             (Some(path), None) => {

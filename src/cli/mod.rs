@@ -1,6 +1,9 @@
 //! Command-line interface: one file per subcommand.
 
 mod bench;
+#[cfg(feature = "gui")]
+mod bench_app;
+mod export;
 mod generate;
 mod inspect;
 mod kernels;
@@ -34,6 +37,10 @@ pub struct Cli {
     /// The app's first prompt (default: the last one typed).
     #[arg(long)]
     pub prompt: Option<String>,
+    /// Where the app traces: `auto` runs the GPU engine on a real GPU and the CPU reference on a
+    /// software adapter (where it is faster).
+    #[arg(long, value_enum, default_value_t = trace::DeviceChoice::Auto)]
+    pub device: trace::DeviceChoice,
 }
 
 #[derive(Subcommand, Debug)]
@@ -44,6 +51,8 @@ pub enum Command {
     Trace(trace::TraceArgs),
     /// Continue a prompt greedily with the reference forward (checks a checkpoint reads right).
     Generate(generate::GenerateArgs),
+    /// Write the app's views as files: SVG, PNG, CSV or JSON (no window needed).
+    Export(Box<export::ExportArgs>),
     /// Time the forward (GPU engine or CPU reference) and the GEMM kernel; prints tables.
     Bench(bench::BenchArgs),
     /// What the Vulkan driver compiled each kernel into: registers, spills, instruction counts.
@@ -57,11 +66,12 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Some(Command::Inspect(args)) => inspect::run(args),
         Some(Command::Trace(args)) => trace::run(args),
+        Some(Command::Export(args)) => export::run(*args),
         Some(Command::Generate(args)) => generate::run(args),
         Some(Command::Train(args)) => train::run(*args),
         Some(Command::Bench(args)) => bench::run(args),
         Some(Command::Kernels(args)) => kernels::run(args),
-        None => run_app(cli.checkpoint, cli.compare, cli.prompt),
+        None => run_app(cli.checkpoint, cli.compare, cli.prompt, cli.device),
     }
 }
 
@@ -70,7 +80,9 @@ fn run_app(
     checkpoint: Option<PathBuf>,
     compare: Option<PathBuf>,
     prompt: Option<String>,
+    device: trace::DeviceChoice,
 ) -> anyhow::Result<ExitCode> {
+    use crate::ui::worker::TracerChoice;
     for path in checkpoint.iter().chain(&compare) {
         // The app reports a broken file in its window; a path that does not exist is a typo.
         if !path.exists() {
@@ -82,6 +94,11 @@ fn run_app(
         compare,
         prompt,
         fresh_state: false,
+        tracer: match device {
+            trace::DeviceChoice::Auto => TracerChoice::Auto,
+            trace::DeviceChoice::Cpu => TracerChoice::Cpu,
+            trace::DeviceChoice::Gpu => TracerChoice::Gpu,
+        },
     })
     .map_err(|e| anyhow::anyhow!("the desktop app failed: {e}"))?;
     Ok(ExitCode::SUCCESS)
@@ -92,6 +109,7 @@ fn run_app(
     _checkpoint: Option<PathBuf>,
     _compare: Option<PathBuf>,
     _prompt: Option<String>,
+    _device: trace::DeviceChoice,
 ) -> anyhow::Result<ExitCode> {
     anyhow::bail!(
         "this build has no desktop app (built without the `gui` feature); use `depthlens inspect` \

@@ -35,3 +35,12 @@ pub fn input(
         (None, None) => anyhow::bail!("give --prompt TEXT or --ids 1,2,3"),
     }
 }
+
+/// `--prompt TEXT` or `--ids 1,2,3`, before any checkpoint is open.
+pub fn input_quiet(prompt: Option<String>, ids: Option<Vec<u32>>) -> anyhow::Result<Input> {
+    match (prompt, ids) {
+        (Some(text), _) => Ok(Input::Text(text)),
+        (None, Some(ids)) => Ok(Input::Ids(ids)),
+        (None, None) => anyhow::bail!("give --prompt TEXT or --ids 1,2,3"),
+    }
+}

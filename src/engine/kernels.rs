@@ -60,7 +60,7 @@ impl NtTile {
 /// 8 x 8 outputs per thread, 256 threads, 8-deep slices: the largest outputs (4096^3, the LM head
 /// of long prompts). On the H100 it takes 128 registers, so two workgroups share a
 /// multiprocessor, and it ran 39.0 TFLOP/s at 4096^3 against NT_LARGE's 38.6; with fewer than
-/// about four waves of workgroups it is slower than NT_LARGE (BENCHMARKS.md, session 9).
+/// about four waves of workgroups it is slower than NT_LARGE (measured on the H100 2026-11-24: BENCHMARKS.md, "Measured and not shipped").
 pub const NT_XLARGE: NtTile = NtTile {
     bm: 128,
     bn: 128,

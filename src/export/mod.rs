@@ -1,8 +1,10 @@
-//! Figures (SVG, PNG) and their data (CSV, JSON), written from a Trace; the CLI's `export` and,
-//! later, the app's export buttons both call this.
+//! Figures (SVG, PNG) and their data (CSV, JSON), written from a Trace; the CLI's `export` and
+//! the app's export buttons both call this.
 
+pub mod draw;
 pub mod figure;
 pub mod svg;
+pub mod views;
 
 use std::path::{Path, PathBuf};
 
@@ -21,6 +23,10 @@ pub enum Error {
     Render(String),
     #[error("serialising JSON: {0}")]
     Json(#[from] serde_json::Error),
+    #[error("{}: exists; pass --force to overwrite it", path.display())]
+    Exists { path: PathBuf },
+    #[error("figure `{figure}`: {why}")]
+    Unavailable { figure: String, why: String },
 }
 
 /// The bundled font (DejaVu Sans, Bitstream Vera licence: assets/fonts/DejaVuSans.LICENSE), so

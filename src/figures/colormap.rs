@@ -153,8 +153,16 @@ pub fn nice_ticks(lo: f32, hi: f32, n: usize) -> Vec<f32> {
     (first..=last).map(|i| (i as f64 * step) as f32).collect()
 }
 
-/// A value as a legend tick or tooltip writes it: short, with the precision it needs.
+/// A value as a legend tick or tooltip writes it: four significant digits, no trailing zeros,
+/// scientific notation outside 0.001..10000.
 pub fn format_value(v: f32) -> String {
+    fn trim(s: String) -> String {
+        if s.contains('.') {
+            s.trim_end_matches('0').trim_end_matches('.').to_string()
+        } else {
+            s
+        }
+    }
     if v.is_nan() {
         return "n/a".into();
     }
@@ -162,11 +170,14 @@ pub fn format_value(v: f32) -> String {
     if a == 0.0 {
         "0".into()
     } else if !(1e-3..1e4).contains(&a) {
-        format!("{v:.2e}")
-    } else if a >= 100.0 {
-        format!("{v:.1}")
+        let s = format!("{v:.2e}");
+        match s.split_once('e') {
+            Some((m, e)) => format!("{}e{e}", trim(m.to_string())),
+            None => s,
+        }
     } else {
-        format!("{v:.4}")
+        let decimals = (3 - a.log10().floor() as i32).max(0) as usize;
+        trim(format!("{v:.decimals$}"))
     }
 }
 
@@ -191,6 +202,18 @@ mod tests {
         for t in nice_ticks(-0.37, 0.37, 5) {
             assert!((-0.37..=0.37).contains(&t));
         }
+    }
+
+    #[test]
+    fn values_print_with_four_significant_digits_and_no_trailing_zeros() {
+        assert_eq!(format_value(10.0), "10");
+        assert_eq!(format_value(0.5), "0.5");
+        assert_eq!(format_value(0.046), "0.046");
+        assert_eq!(format_value(1.26123), "1.261");
+        assert_eq!(format_value(10000.0), "1e4");
+        assert_eq!(format_value(4.71e-4), "4.71e-4");
+        assert_eq!(format_value(-0.25), "-0.25");
+        assert_eq!(format_value(f32::NAN), "n/a");
     }
 
     #[test]

@@ -187,7 +187,7 @@ pub fn depth_attention(sources: &[&Tensor], q: &DepthQuery, eps: f64) -> Result<
 
 /// [`depth_attention`] with each source's key mean squares (`[T, 1]`, [`mean_square`] of its
 /// rows) already made: a source's stay the same for every later op, and recomputing them took
-/// as long as the rest of the CPU mix (BENCHMARKS.md, session 6).
+/// as long as the rest of the CPU mix (measured 2026-11-23; history of BENCHMARKS.md).
 pub fn depth_attention_with(
     sources: &[&Tensor],
     mean_squares: &[&Tensor],

@@ -1,6 +1,6 @@
 //! The CPU reference's own kernels, as candle custom ops with their backward, where a chain of
-//! candle ops or candle's threading cost more than the arithmetic (BENCHMARKS.md, sessions 7
-//! and 8): attention's masked softmax, GEMMs whose products or column blocks each run on one
+//! candle ops or candle's threading cost more than the arithmetic (measured on 2026-11-23/24;
+//! the history of BENCHMARKS.md): attention's masked softmax, GEMMs whose products or column blocks each run on one
 //! thread, RoPE, RMSNorm and SwiGLU's activation. Two more have no backward: the Trace's source
 //! dots, and the depth mix read in place (its callers keep a differentiable path).
 
@@ -151,7 +151,7 @@ impl CustomOp1 for CausalSoftmax {
 /// one per thread, and each product's output columns split in blocks when there are fewer
 /// products than threads (a weight GEMM: `[m, k]` by `[k, n]`). The `gemm` crate's own threading
 /// splits every product over all threads: at 16 threads it ran the model's projections at
-/// about 300-650 GFLOP/s and one attention head's product at a time (BENCHMARKS.md, session 7).
+/// about 300-650 GFLOP/s and one attention head's product at a time (measured 2026-11-23; history of BENCHMARKS.md).
 pub struct ParallelMatmul;
 
 /// A pointer the worker threads write disjoint blocks of the output through.
@@ -711,7 +711,7 @@ pub struct DepthMixOut {
 /// sources with `scores`, summed with weight 1 without. With `stats`, each source's dot with the
 /// mix (and the residual sum's mean squares) in the same pass, while a token's sources are in
 /// cache. Stacking the sources into `[T, n, d]` for candle's ops was most of the CPU mix's time
-/// (BENCHMARKS.md, session 8). No autograd: [`super::depth`] keeps the stacked path for sources
+/// (measured 2026-11-24; history of BENCHMARKS.md). No autograd: [`super::depth`] keeps the stacked path for sources
 /// that track gradients.
 pub fn depth_mix_in_place(
     sources: &[&Tensor],

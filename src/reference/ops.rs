@@ -211,7 +211,7 @@ pub fn causal_attention(
 /// `a[b, h] · b[b, h]` for `[B, H, M, K]` and `[B, H, K, N]`, the heads on separate threads
 /// ([`ParallelMatmul`]). Candle's batched matmul runs the heads one after another, each split
 /// over every thread: at 16 threads attention took 172-176 ms of a 520-544 ms trace at T = 512,
-/// and 77 ms with this (BENCHMARKS.md, session 7).
+/// and 77 ms with this (measured 2026-11-23; history of BENCHMARKS.md).
 pub fn matmul_per_head(a: &Tensor, b: &Tensor) -> Result<Tensor> {
     a.apply_op2(b, ParallelMatmul)
 }

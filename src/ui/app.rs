@@ -11,15 +11,17 @@ use serde::{Deserialize, Serialize};
 
 use super::layout::{self, Behavior};
 use super::theme;
-use super::views::{
-    align_token, same_tokens, Pane, SlotInput, StripMetric, ViewCx, ViewFigures, ViewSettings,
-};
+use super::views::{FigureKey, Pane, StripMetric, ViewCx, ViewSettings};
 use super::widgets::token_strip::{token_strip_ui, Chip};
 use super::worker::{
-    Job, ModelInfo, ProgressState, Reply, SharedDevice, Slot, Traced, Tracer, Worker,
+    Job, ModelInfo, ProgressState, Reply, SharedDevice, Slot, Traced, Tracer, TracerChoice, Worker,
 };
+use crate::export::views::{self as export_views, FigureKind, Format, ViewInput};
 use crate::figures::colormap::format_value;
-use crate::figures::{visible_text, ColorScale};
+pub use crate::figures::Selection;
+use crate::figures::{
+    align_token, same_tokens, view_figures, visible_text, ColorScale, ModelInput, ViewFigures,
+};
 use crate::trace::Trace;
 
 /// Key of the app's state in eframe's storage.
@@ -52,20 +54,14 @@ pub struct AppOptions {
     pub checkpoint: Option<PathBuf>,
     /// Model B, compared against A.
     pub compare: Option<PathBuf>,
-    /// The prompt (default: the last session's, else a line of Shakespeare).
+    /// The prompt (default: the one typed last time, else a line of Shakespeare).
     pub prompt: Option<String>,
     /// Start from the default layout and settings, ignoring saved state (tests, benchmarks).
     pub fresh_state: bool,
+    pub tracer: TracerChoice,
 }
 
 pub const DEFAULT_PROMPT: &str = "To be, or not to be, that is the question:";
-
-/// The selected token (in A's tokens) and op.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct Selection {
-    pub token: usize,
-    pub op: usize,
-}
 
 /// What menus and views ask the app to do, after the frame.
 #[derive(Debug, Clone, PartialEq)]
@@ -84,6 +80,18 @@ pub enum Command {
     CancelGradients,
     ResetLayout,
     SetPaneShown(Pane, bool),
+    /// Save a view (`kind`) or, with `None`, every view in every format into a folder; a save
+    /// dialog asks where.
+    Export {
+        kind: Option<FigureKind>,
+        format: Format,
+    },
+    /// Export to a known place (tests; the dialog's answer).
+    ExportTo {
+        kind: Option<FigureKind>,
+        format: Format,
+        path: PathBuf,
+    },
 }
 
 /// What persists between runs.
@@ -140,11 +148,17 @@ pub struct App {
     gradients: Option<GradientsJob>,
     pub gradients_error: Option<String>,
     commands: Vec<Command>,
+    /// What finished exports said (`Ok`: what was written).
+    exported_tx: std::sync::mpsc::Sender<Result<String, String>>,
+    exported_rx: std::sync::mpsc::Receiver<Result<String, String>>,
+    /// The last export's report, in the status bar.
+    pub export_note: Option<String>,
+    pub export_progress: Arc<std::sync::Mutex<Option<ProgressState>>>,
     /// Paths picked in file dialogs.
     picked_tx: std::sync::mpsc::Sender<(Slot, PathBuf)>,
     picked_rx: std::sync::mpsc::Receiver<(Slot, PathBuf)>,
     figures: ViewFigures,
-    figure_key: super::views::FigureKey,
+    figure_key: FigureKey,
     focus_prompt: bool,
 }
 
@@ -167,8 +181,13 @@ impl App {
             info: rs.adapter.get_info(),
         });
         let ctx = cc.egui_ctx.clone();
-        let worker = Worker::spawn(device, Arc::new(move || ctx.request_repaint()));
+        let worker = Worker::spawn(
+            device,
+            options.tracer,
+            Arc::new(move || ctx.request_repaint()),
+        );
         let (picked_tx, picked_rx) = std::sync::mpsc::channel();
+        let (exported_tx, exported_rx) = std::sync::mpsc::channel();
         let mut app = Self {
             persisted,
             worker,
@@ -181,6 +200,10 @@ impl App {
             gradients: None,
             gradients_error: None,
             commands: Vec::new(),
+            exported_tx,
+            exported_rx,
+            export_note: None,
+            export_progress: Default::default(),
             picked_tx,
             picked_rx,
             figures: ViewFigures::default(),
@@ -212,6 +235,8 @@ impl App {
     /// Replace the prompt, as typing would, and trace it.
     pub fn set_prompt(&mut self, prompt: &str) {
         self.persisted.prompt = prompt.to_string();
+        // The prompt box takes the keyboard, with its cursor at the end.
+        self.focus_prompt = true;
         self.request_trace();
     }
 
@@ -365,6 +390,10 @@ impl App {
                 Command::SetPaneShown(pane, shown) => {
                     layout::set_shown(&mut self.persisted.layout, pane, shown)
                 }
+                Command::Export { kind, format } => self.export(ctx, kind, format, None),
+                Command::ExportTo { kind, format, path } => {
+                    self.export(ctx, kind, format, Some(path))
+                }
             }
         }
         ctx.request_repaint_after(std::time::Duration::from_millis(250));
@@ -404,6 +433,98 @@ impl App {
         }
     }
 
+    /// Export on a thread of its own (dialog, rendering, writing), from the traces, selection
+    /// and toggles on screen now; what happened comes back as a note or an error.
+    fn export(
+        &mut self,
+        ctx: &egui::Context,
+        kind: Option<FigureKind>,
+        format: Format,
+        path: Option<PathBuf>,
+    ) {
+        let models: Vec<(String, Arc<Trace>, Option<Arc<Trace>>)> = self
+            .slots
+            .iter()
+            .filter_map(|s| {
+                let t = s.trace.as_ref()?;
+                let grads = s.grads.as_ref().map(|g| g.trace.clone());
+                Some((s.info.as_ref()?.name.clone(), t.trace.clone(), grads))
+            })
+            .collect();
+        if models.is_empty() {
+            self.messages
+                .push("nothing to export yet: open a model and type a prompt".into());
+            return;
+        }
+        let (selection, toggles) = (self.selection, self.persisted.settings.toggles.clone());
+        let (tx, ctx) = (self.exported_tx.clone(), ctx.clone());
+        let progress_state = self.export_progress.clone();
+        let spawned = std::thread::Builder::new()
+            .name("depthlens-export".into())
+            .spawn(move || {
+                let target = path.or_else(|| {
+                    let dialog = rfd::FileDialog::new();
+                    match kind {
+                        Some(k) => dialog
+                            .set_title(format!("Export {}", k.name()))
+                            .set_file_name(format!("{}.{}", k.name(), format.extension()))
+                            .add_filter(format.extension(), &[format.extension()])
+                            .save_file(),
+                        None => dialog
+                            .set_title("Export every view into a folder")
+                            .pick_folder(),
+                    }
+                });
+                let Some(target) = target else { return };
+                let view = ViewInput {
+                    models: models
+                        .iter()
+                        .map(|(name, trace, grads)| crate::figures::ModelInput {
+                            name,
+                            trace,
+                            grads: grads.as_deref(),
+                        })
+                        .collect(),
+                    selection,
+                    toggles,
+                };
+                // The save dialog has asked before overwriting; a folder's files are replaced.
+                let result = match kind {
+                    Some(k) => export_views::render(k, format, &view, 2.0)
+                        .and_then(|bytes| export_views::write_atomically(&target, &bytes, true))
+                        .map(|()| format!("wrote {}", target.display())),
+                    None => {
+                        let progress = super::worker::SharedProgress::new(
+                            progress_state,
+                            Arc::new({
+                                let ctx = ctx.clone();
+                                move || ctx.request_repaint()
+                            }),
+                            "export all",
+                        );
+                        export_views::export_all(&target, &view, 2.0, true, &progress).map(
+                            |(written, skipped)| {
+                                let mut note = format!(
+                                    "wrote {} files into {}",
+                                    written.len(),
+                                    target.display()
+                                );
+                                if !skipped.is_empty() {
+                                    note += &format!(" (skipped {})", skipped.join("; "));
+                                }
+                                note
+                            },
+                        )
+                    }
+                };
+                let _ = tx.send(result.map_err(|e| format!("export failed: {e}")));
+                ctx.request_repaint();
+            });
+        if let Err(e) = spawned {
+            self.messages.push(format!("cannot start the export: {e}"));
+        }
+    }
+
     fn start_gradients(&mut self) {
         if let Some(job) = self.gradients.take() {
             job.cancel.store(true, Ordering::Relaxed);
@@ -435,18 +556,19 @@ impl App {
     }
 
     fn rebuild_figures(&mut self) {
-        let inputs: [Option<SlotInput>; 2] = [0, 1].map(|i| {
+        let inputs: [Option<ModelInput>; 2] = [0, 1].map(|i| {
             let s = &self.slots[i];
             let (info, trace) = (s.info.as_ref()?, s.trace.as_ref()?);
-            Some(SlotInput {
+            Some(ModelInput {
                 name: &info.name,
                 trace: &trace.trace,
-                grads: s.grads.as_ref().map(|g| &g.trace),
+                grads: s.grads.as_ref().map(|g| g.trace.as_ref()),
             })
         });
-        let key = ViewFigures::key(&inputs, self.selection, &self.persisted.settings);
+        let toggles = &self.persisted.settings.toggles;
+        let key = FigureKey::of(&inputs, self.selection, toggles);
         if key != self.figure_key {
-            self.figures = ViewFigures::build(&inputs, self.selection, &self.persisted.settings);
+            self.figures = view_figures(inputs, self.selection, toggles);
             self.figure_key = key;
         }
     }
@@ -526,6 +648,19 @@ impl App {
                     .clicked()
                 {
                     self.commands.push(Command::CloseB);
+                }
+                ui.separator();
+                if ui
+                    .button("Export all views...")
+                    .on_hover_text(
+                        "Every view in SVG, PNG, CSV and JSON, and the traces, into a folder",
+                    )
+                    .clicked()
+                {
+                    self.commands.push(Command::Export {
+                        kind: None,
+                        format: Format::Svg,
+                    });
                 }
                 ui.separator();
                 ui.menu_button("Open recent", |ui| {
@@ -639,7 +774,15 @@ impl App {
                 ui.label(text)
                     .on_hover_text(format!("{}\n{}", info.path.display(), info.summary));
             }
-            for progress in [&self.worker.load_progress, &self.worker.grads_progress] {
+            if let Some(note) = &self.export_note {
+                ui.separator();
+                ui.label(note);
+            }
+            for progress in [
+                &self.worker.load_progress,
+                &self.worker.grads_progress,
+                &self.export_progress,
+            ] {
                 let state: Option<ProgressState> =
                     progress.lock().unwrap_or_else(|e| e.into_inner()).clone();
                 if let Some(p) = state {
@@ -664,9 +807,17 @@ impl App {
             .desired_width(f32::INFINITY)
             .hint_text("Type a prompt: every edit re-traces")
             .id_salt("prompt");
-        let response = ui.add(edit);
+        let output = edit.show(ui);
+        let response = output.response.response.clone();
         if self.focus_prompt {
             response.request_focus();
+            // Typing continues the prompt, as it would in any editor just opened.
+            let mut state = output.state;
+            let end = egui::text::CCursor::new(self.persisted.prompt.chars().count());
+            state
+                .cursor
+                .set_char_range(Some(egui::text::CCursorRange::one(end)));
+            state.store(ui.ctx(), response.id);
             self.focus_prompt = false;
         }
         if response.changed() {
@@ -847,6 +998,12 @@ impl eframe::App for App {
         while let Ok((slot, path)) = self.picked_rx.try_recv() {
             self.open(slot, path);
         }
+        while let Ok(result) = self.exported_rx.try_recv() {
+            match result {
+                Ok(note) => self.export_note = Some(note),
+                Err(e) => self.messages.push(e),
+            }
+        }
         self.dropped_files(&ctx);
         self.keyboard(&ctx);
         self.rebuild_figures();
@@ -888,7 +1045,7 @@ impl eframe::App for App {
             let mut selection = self.selection;
             let mut cx = ViewCx {
                 figures: &self.figures,
-                settings: &mut self.persisted.settings,
+                toggles: &mut self.persisted.settings.toggles,
                 selection: &mut selection,
                 commands: &mut self.commands,
                 b_to_a: &b_to_a,

@@ -4,6 +4,7 @@
 //! descriptions ([`crate::figures`]) -> drawing ([`views`], [`widgets`]).
 
 pub mod app;
+pub mod bench;
 pub mod layout;
 pub mod theme;
 pub mod views;

@@ -45,6 +45,17 @@ pub struct SharedDevice {
     pub info: wgpu::AdapterInfo,
 }
 
+/// Where the user wants traces to run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum TracerChoice {
+    /// The GPU engine on a real GPU, the CPU reference on a software adapter.
+    #[default]
+    Auto,
+    Cpu,
+    /// The GPU engine even on a software adapter (where it is slower, but runs).
+    Gpu,
+}
+
 /// Where traces run.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Tracer {
@@ -141,7 +152,7 @@ pub struct ProgressState {
 }
 
 /// Writes progress where the UI reads it, wakes the UI, and tells long work when to stop.
-struct SharedProgress {
+pub struct SharedProgress {
     state: Arc<Mutex<Option<ProgressState>>>,
     wake: Arc<dyn Fn() + Send + Sync>,
     label: String,
@@ -149,6 +160,19 @@ struct SharedProgress {
 }
 
 impl SharedProgress {
+    pub fn new(
+        state: Arc<Mutex<Option<ProgressState>>>,
+        wake: Arc<dyn Fn() + Send + Sync>,
+        label: &str,
+    ) -> Self {
+        Self {
+            state,
+            wake,
+            label: label.to_string(),
+            cancel: None,
+        }
+    }
+
     fn set(&self, f: impl FnOnce(&mut Option<ProgressState>)) {
         let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
         f(&mut s);
@@ -200,7 +224,11 @@ pub struct Worker {
 
 impl Worker {
     /// Start the worker. `wake` is called whenever something comes back (the app's repaint).
-    pub fn spawn(device: Option<SharedDevice>, wake: Arc<dyn Fn() + Send + Sync>) -> Self {
+    pub fn spawn(
+        device: Option<SharedDevice>,
+        choice: TracerChoice,
+        wake: Arc<dyn Fn() + Send + Sync>,
+    ) -> Self {
         let (jobs, job_rx) = mpsc::channel();
         let (reply_tx, replies) = mpsc::channel();
         let load_progress = Arc::new(Mutex::new(None));
@@ -215,7 +243,7 @@ impl Worker {
         };
         let spawned = std::thread::Builder::new()
             .name("depthlens-worker".into())
-            .spawn(move || state.run(device, job_rx));
+            .spawn(move || state.run(device, choice, job_rx));
         if let Err(e) = spawned {
             // Without a thread nothing can load; say so instead of hanging.
             eprintln!("depthlens: cannot start the worker thread: {e}");
@@ -251,7 +279,15 @@ struct WorkerState {
 /// Which tracer to use on `device`. A software adapter (lavapipe, llvmpipe) runs the engine's
 /// kernels far slower than the CPU reference runs the same model (BENCHMARKS.md: the app's
 /// latency), so it only renders there.
-fn choose_tracer(device: Option<SharedDevice>) -> (Tracer, Option<Engine>) {
+fn choose_tracer(device: Option<SharedDevice>, choice: TracerChoice) -> (Tracer, Option<Engine>) {
+    if choice == TracerChoice::Cpu {
+        return (
+            Tracer::Cpu {
+                why: "chosen with --device cpu".into(),
+            },
+            None,
+        );
+    }
     let Some(d) = device else {
         return (
             Tracer::Cpu {
@@ -260,21 +296,13 @@ fn choose_tracer(device: Option<SharedDevice>) -> (Tracer, Option<Engine>) {
             None,
         );
     };
-    if d.info.device_type == wgpu::DeviceType::Cpu {
+    if d.info.device_type == wgpu::DeviceType::Cpu && choice == TracerChoice::Auto {
         return (
             Tracer::Cpu {
                 why: format!(
                     "`{}` is a software adapter: the CPU reference is faster there",
                     d.info.name
                 ),
-            },
-            None,
-        );
-    }
-    if std::env::var_os("DEPTHLENS_APP_CPU").is_some() {
-        return (
-            Tracer::Cpu {
-                why: "DEPTHLENS_APP_CPU is set".into(),
             },
             None,
         );
@@ -304,8 +332,8 @@ impl WorkerState {
         }
     }
 
-    fn run(mut self, device: Option<SharedDevice>, jobs: Receiver<Job>) {
-        let (tracer, engine) = choose_tracer(device);
+    fn run(mut self, device: Option<SharedDevice>, choice: TracerChoice, jobs: Receiver<Job>) {
+        let (tracer, engine) = choose_tracer(device, choice);
         self.engine = engine;
         self.reply(Reply::TracerReady(tracer));
         while let Ok(first) = jobs.recv() {

@@ -2,17 +2,19 @@
 //! sources, colour = alpha or share. Clicking a row picks the op that the token x source view
 //! shows.
 
-use super::{help_button, quantity_toggle, side_by_side, ViewCx, DEPTH_DEFINITIONS};
+use super::{export_menu, help_button, quantity_toggle, side_by_side, ViewCx, DEPTH_DEFINITIONS};
+use crate::export::views::FigureKind;
 use crate::ui::widgets::heatmap::{heatmap_ui, Marks};
 
 pub fn ui(ui: &mut egui::Ui, cx: &mut ViewCx) {
     ui.horizontal(|ui| {
-        quantity_toggle(ui, cx.settings);
+        quantity_toggle(ui, cx.toggles);
         ui.separator();
-        ui.checkbox(&mut cx.settings.depth_mean, "mean over tokens")
+        ui.checkbox(&mut cx.toggles.depth_mean, "mean over tokens")
             .on_hover_text(
                 "Average each cell over all tokens instead of showing the selected token",
             );
+        export_menu(ui, FigureKind::DepthAttention, cx.commands);
         help_button(ui, DEPTH_DEFINITIONS);
     });
     let selection = *cx.selection;

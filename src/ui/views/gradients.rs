@@ -2,9 +2,9 @@
 //! with progress, cancellable). A heatmap of parameter groups x log10|grad| bins (colour =
 //! count, log scale) with each group's gradient RMS, and d loss / d v RMS per token and op.
 
-use super::{help_button, side_by_side, ViewCx};
+use super::{export_menu, help_button, side_by_side, ViewCx};
+use crate::export::views::FigureKind;
 use crate::figures::colormap::format_value;
-use crate::figures::ColorScale;
 use crate::ui::app::Command;
 use crate::ui::widgets::heatmap::{heatmap_ui, Marks};
 
@@ -38,13 +38,13 @@ pub fn ui(ui: &mut egui::Ui, cx: &mut ViewCx) {
                 }
             }
         }
-        ui.checkbox(&mut cx.settings.grads_log, "log colour");
+        ui.checkbox(&mut cx.toggles.grads_log, "log colour");
+        export_menu(ui, FigureKind::Gradients, cx.commands);
         help_button(ui, HELP);
     });
     if let Some(e) = &cx.gradients_error {
         ui.colored_label(crate::ui::theme::ERROR, e);
     }
-    let log = cx.settings.grads_log;
     let selection = *cx.selection;
     side_by_side(ui, cx.figures, |ui, slot, f| {
         let Some(g) = &f.gradients else {
@@ -57,12 +57,6 @@ pub fn ui(ui: &mut egui::Ui, cx: &mut ViewCx) {
                 "computed for an earlier prompt: press Compute gradients again",
             );
         }
-        let relog = |mut fig: crate::figures::Heatmap| {
-            if !log {
-                fig.scale = ColorScale::fit(&fig.values, false);
-            }
-            fig
-        };
         let half = (ui.available_height() * 0.5).max(140.0);
         ui.horizontal_top(|ui| {
             let w = ui.available_width() - 150.0;
@@ -71,7 +65,7 @@ pub fn ui(ui: &mut egui::Ui, cx: &mut ViewCx) {
                 heatmap_ui(
                     ui,
                     ("grad_hist", slot.index()),
-                    &relog(g.histogram.clone()),
+                    &g.histogram,
                     Marks::default(),
                 );
             });
@@ -97,7 +91,7 @@ pub fn ui(ui: &mut egui::Ui, cx: &mut ViewCx) {
         heatmap_ui(
             ui,
             ("grad_dv", slot.index()),
-            &relog(g.dv.clone()),
+            &g.dv,
             Marks {
                 row: Some(f.token),
                 col: Some(selection.op),

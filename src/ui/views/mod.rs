@@ -8,13 +8,12 @@ pub mod gradients;
 pub mod norms;
 pub mod token_source;
 
-use std::sync::Arc;
-
 use serde::{Deserialize, Serialize};
 
-use crate::figures::{self, DepthAttentionSpec, GradientsFigure, Heatmap, NormsFigure, Quantity};
+use crate::export::views::{FigureKind, Format};
+use crate::figures::{ModelFigures, ModelInput, Quantity, Selection, Toggles, ViewFigures};
 use crate::trace::Trace;
-use crate::ui::app::{Command, Selection};
+use crate::ui::app::Command;
 use crate::ui::worker::Slot;
 
 /// The view panes of the layout.
@@ -47,19 +46,11 @@ impl Pane {
     }
 }
 
-/// Toggles of the views (persisted between runs).
+/// What the views show beyond the selection (persisted between runs).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct ViewSettings {
-    /// What depth heatmaps colour by; `None`: each model's natural quantity (AttnRes: alpha,
-    /// baselines: shares).
-    pub quantity: Option<Quantity>,
-    /// The depth-attention view shows the mean over tokens instead of the selected token.
-    pub depth_mean: bool,
-    /// Log colour for the hidden-RMS heatmap.
-    pub norms_log: bool,
-    /// Log colour for the gradient heatmaps.
-    pub grads_log: bool,
+    pub toggles: Toggles,
     /// What colours the token chips.
     pub strip_metric: StripMetric,
 }
@@ -67,10 +58,7 @@ pub struct ViewSettings {
 impl Default for ViewSettings {
     fn default() -> Self {
         Self {
-            quantity: None,
-            depth_mean: false,
-            norms_log: true,
-            grads_log: true,
+            toggles: Toggles::default(),
             strip_metric: StripMetric::Surprise,
         }
     }
@@ -129,153 +117,31 @@ impl StripMetric {
     }
 }
 
-/// The figures of one model.
-#[derive(Debug, Clone)]
-pub struct SlotFigures {
-    pub name: String,
-    /// The selected token in this model's tokens (B's is aligned to A's by byte span).
-    pub token: usize,
-    pub quantity: Quantity,
-    pub depth: Heatmap,
-    pub token_source: Heatmap,
-    pub norms: NormsFigure,
-    /// From the backward, when one has run.
-    pub gradients: Option<GradientsFigure>,
-    /// The backward ran on another prompt than the one on screen.
-    pub gradients_stale: bool,
-}
-
-/// Every figure the views draw.
-#[derive(Debug, Clone, Default)]
-pub struct ViewFigures {
-    pub slots: [Option<SlotFigures>; 2],
-    /// B - A of the depth-attention heatmaps, or why there is none.
-    pub difference: Option<Result<Heatmap, String>>,
-}
-
 /// What the figures were built from; a change rebuilds them.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct FigureKey {
     traces: [Option<usize>; 2],
     grads: [Option<usize>; 2],
     selection: Selection,
-    settings: Option<ViewSettings>,
+    toggles: Option<Toggles>,
 }
 
-/// The inputs of one model's figures.
-pub struct SlotInput<'a> {
-    pub name: &'a str,
-    pub trace: &'a Arc<Trace>,
-    pub grads: Option<&'a Arc<Trace>>,
-}
-
-/// The token of `b` that covers the first byte of token `t` of `a`: the same position where
-/// both tokenise alike, else aligned by byte span.
-pub fn align_token(a: &Trace, b: &Trace, t: usize) -> usize {
-    let same = a.tokens.len() == b.tokens.len()
-        && a.tokens
-            .iter()
-            .zip(&b.tokens)
-            .all(|(x, y)| x.start == y.start && x.end == y.end);
-    if same {
-        return t.min(b.tokens.len().saturating_sub(1));
-    }
-    let Some(start) = a.tokens.get(t).map(|x| x.start) else {
-        return 0;
-    };
-    b.tokens
-        .iter()
-        .position(|y| y.start <= start && start < y.end)
-        .or_else(|| b.tokens.iter().rposition(|y| y.start <= start))
-        .unwrap_or(0)
-}
-
-/// Whether two traces tokenised the prompt alike (same ids).
-pub fn same_tokens(a: &Trace, b: &Trace) -> bool {
-    a.tokens.len() == b.tokens.len() && a.tokens.iter().zip(&b.tokens).all(|(x, y)| x.id == y.id)
-}
-
-impl ViewFigures {
-    pub fn key(
-        inputs: &[Option<SlotInput>; 2],
-        selection: Selection,
-        settings: &ViewSettings,
-    ) -> FigureKey {
-        let ptr = |t: &Arc<Trace>| Arc::as_ptr(t) as usize;
+impl FigureKey {
+    pub fn of(inputs: &[Option<ModelInput>; 2], selection: Selection, toggles: &Toggles) -> Self {
+        let ptr = |t: &Trace| t as *const Trace as usize;
         FigureKey {
             traces: [0, 1].map(|i| inputs[i].as_ref().map(|s| ptr(s.trace))),
             grads: [0, 1].map(|i| inputs[i].as_ref().and_then(|s| s.grads).map(ptr)),
             selection,
-            settings: Some(settings.clone()),
+            toggles: Some(toggles.clone()),
         }
-    }
-
-    pub fn build(
-        inputs: &[Option<SlotInput>; 2],
-        selection: Selection,
-        settings: &ViewSettings,
-    ) -> Self {
-        let a = inputs[0].as_ref().map(|s| s.trace.as_ref());
-        let slot = |i: usize| -> Option<SlotFigures> {
-            let input = inputs[i].as_ref()?;
-            let trace = input.trace.as_ref();
-            let token = match (i, a) {
-                (1, Some(a)) => align_token(a, trace, selection.token),
-                _ => selection.token.min(trace.tokens.len().saturating_sub(1)),
-            };
-            let op = selection.op.min(trace.ops.len().saturating_sub(1));
-            let quantity = settings
-                .quantity
-                .unwrap_or_else(|| Quantity::natural_for(trace));
-            let gradients = input.grads.and_then(|g| figures::gradients(g));
-            let gradients_stale = input.grads.is_some_and(|g| !same_tokens(g, trace));
-            Some(SlotFigures {
-                name: input.name.to_string(),
-                token,
-                quantity,
-                depth: figures::depth_attention(
-                    trace,
-                    DepthAttentionSpec {
-                        token: (!settings.depth_mean).then_some(token),
-                        quantity,
-                    },
-                ),
-                token_source: figures::token_source(trace, op, quantity),
-                norms: figures::norms(trace, Some(token)),
-                gradients,
-                gradients_stale,
-            })
-        };
-        let slots = [slot(0), slot(1)];
-        let difference = match (&inputs[0], &inputs[1], &slots[0], &slots[1]) {
-            (Some(ia), Some(ib), Some(fa), Some(_)) => {
-                Some({
-                    // One quantity for both, or the difference would mix weights with shares.
-                    let spec = |token| DepthAttentionSpec {
-                        token: (!settings.depth_mean).then_some(token),
-                        quantity: fa.quantity,
-                    };
-                    let ha = figures::depth_attention(ia.trace, spec(fa.token));
-                    let tb = slots[1].as_ref().map_or(0, |f| f.token);
-                    let hb = figures::depth_attention(ib.trace, spec(tb));
-                    Heatmap::difference(&ha, &hb, format!("{} of B ({}) - A ({})", fa.quantity.symbol(), ib.name, ia.name))
-                    .ok_or_else(|| {
-                        "A and B have different ops or sources (another depth, or Block against Full): \
-                         no cell-by-cell difference"
-                            .to_string()
-                    })
-                })
-            }
-            _ => None,
-        };
-        Self { slots, difference }
     }
 }
 
 /// What every view gets to draw with.
 pub struct ViewCx<'a> {
     pub figures: &'a ViewFigures,
-    pub settings: &'a mut ViewSettings,
+    pub toggles: &'a mut Toggles,
     pub selection: &'a mut Selection,
     pub commands: &'a mut Vec<Command>,
     /// The token of A that a token of B covers (a click in B's views selects in A's terms).
@@ -300,11 +166,11 @@ pub fn pane_ui(pane: Pane, ui: &mut egui::Ui, cx: &mut ViewCx) {
 pub fn side_by_side(
     ui: &mut egui::Ui,
     figures: &ViewFigures,
-    mut draw: impl FnMut(&mut egui::Ui, Slot, &SlotFigures),
+    mut draw: impl FnMut(&mut egui::Ui, Slot, &ModelFigures),
 ) {
-    let shown: Vec<(Slot, &SlotFigures)> = [Slot::A, Slot::B]
+    let shown: Vec<(Slot, &ModelFigures)> = [Slot::A, Slot::B]
         .into_iter()
-        .filter_map(|s| figures.slots[s.index()].as_ref().map(|f| (s, f)))
+        .filter_map(|s| figures.models[s.index()].as_ref().map(|f| (s, f)))
         .collect();
     match shown.as_slice() {
         [] => {
@@ -330,6 +196,27 @@ pub fn side_by_side(
     }
 }
 
+/// An "Export" menu: this view as SVG, PNG, CSV or JSON, exactly as it is on screen.
+pub fn export_menu(ui: &mut egui::Ui, kind: FigureKind, commands: &mut Vec<Command>) {
+    ui.menu_button("Export", |ui| {
+        for format in Format::ALL {
+            let label = format!(
+                "{} as {}...",
+                kind.name(),
+                format.extension().to_uppercase()
+            );
+            if ui.button(label).clicked() {
+                commands.push(Command::Export {
+                    kind: Some(kind),
+                    format,
+                });
+            }
+        }
+    })
+    .response
+    .on_hover_text("Save this view (selected token, op, toggles, A and B) as a file");
+}
+
 /// A `?` button whose hover text names the definitions a view draws.
 pub fn help_button(ui: &mut egui::Ui, text: &str) {
     ui.add(egui::Button::new("?").small())
@@ -338,12 +225,12 @@ pub fn help_button(ui: &mut egui::Ui, text: &str) {
 }
 
 /// The depth quantity toggle shared by the depth views.
-pub fn quantity_toggle(ui: &mut egui::Ui, settings: &mut ViewSettings) {
+pub fn quantity_toggle(ui: &mut egui::Ui, toggles: &mut Toggles) {
     ui.label("colour:");
-    ui.selectable_value(&mut settings.quantity, None, "natural")
+    ui.selectable_value(&mut toggles.quantity, None, "natural")
         .on_hover_text("AttnRes models by their depth weights alpha, baselines (all weights 1) by the residual shares");
-    ui.selectable_value(&mut settings.quantity, Some(Quantity::Alpha), "alpha");
-    ui.selectable_value(&mut settings.quantity, Some(Quantity::Share), "share");
+    ui.selectable_value(&mut toggles.quantity, Some(Quantity::Alpha), "alpha");
+    ui.selectable_value(&mut toggles.quantity, Some(Quantity::Share), "share");
 }
 
 pub const DEPTH_DEFINITIONS: &str = "\

@@ -2,8 +2,8 @@
 //! min-max band, the selected token's own dashed lines; Block's partial sum), and a token x op
 //! heatmap of hidden RMS.
 
-use super::{help_button, side_by_side, ViewCx};
-use crate::figures::ColorScale;
+use super::{export_menu, help_button, side_by_side, ViewCx};
+use crate::export::views::FigureKind;
 use crate::ui::widgets::heatmap::{heatmap_ui, Marks};
 use crate::ui::widgets::lines::line_chart_ui;
 use crate::ui::worker::Slot;
@@ -19,24 +19,20 @@ contribution is diluted (depth dilution). AttnRes bounds h.";
 
 pub fn ui(ui: &mut egui::Ui, cx: &mut ViewCx) {
     ui.horizontal(|ui| {
-        ui.checkbox(&mut cx.settings.norms_log, "log colour")
+        ui.checkbox(&mut cx.toggles.norms_log, "log colour")
             .on_hover_text("Colour the heatmap on a log scale (hidden RMS spans decades)");
+        export_menu(ui, FigureKind::Norms, cx.commands);
         help_button(ui, HELP);
     });
-    let log = cx.settings.norms_log;
     let selection = *cx.selection;
     let mut clicked = None;
     side_by_side(ui, cx.figures, |ui, slot, f| {
         let chart_h = (ui.available_height() * 0.5).max(140.0);
         line_chart_ui(ui, ("norms_lines", slot.index()), &f.norms.chart, chart_h);
-        let mut fig = f.norms.heatmap.clone();
-        if !log {
-            fig.scale = ColorScale::fit(&fig.values, false);
-        }
         let events = heatmap_ui(
             ui,
             ("norms_heatmap", slot.index()),
-            &fig,
+            &f.norms.heatmap,
             Marks {
                 row: Some(f.token),
                 col: Some(selection.op),

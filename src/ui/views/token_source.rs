@@ -1,23 +1,24 @@
 //! Token x source for the selected op (click a row of the depth-attention view to choose it):
 //! rows = tokens, columns = that op's sources. Clicking a row selects that token.
 
-use super::{help_button, quantity_toggle, side_by_side, ViewCx, DEPTH_DEFINITIONS};
+use super::{export_menu, help_button, quantity_toggle, side_by_side, ViewCx, DEPTH_DEFINITIONS};
+use crate::export::views::FigureKind;
 use crate::ui::widgets::heatmap::{heatmap_ui, Marks};
 use crate::ui::worker::Slot;
 
 pub fn ui(ui: &mut egui::Ui, cx: &mut ViewCx) {
     let n_ops = cx
         .figures
-        .slots
+        .models
         .iter()
         .flatten()
         .map(|f| f.depth.rows())
         .min()
         .unwrap_or(0);
     ui.horizontal(|ui| {
-        quantity_toggle(ui, cx.settings);
+        quantity_toggle(ui, cx.toggles);
         ui.separator();
-        let op_name = cx.figures.slots[0]
+        let op_name = cx.figures.models[0]
             .as_ref()
             .and_then(|f| f.depth.row_labels.get(cx.selection.op).cloned())
             .unwrap_or_default();
@@ -37,6 +38,7 @@ pub fn ui(ui: &mut egui::Ui, cx: &mut ViewCx) {
         {
             cx.selection.op += 1;
         }
+        export_menu(ui, FigureKind::TokenSource, cx.commands);
         help_button(ui, DEPTH_DEFINITIONS);
     });
     let mut clicked = None;

@@ -71,7 +71,6 @@ pub fn line_chart_ui(
                     line = line.style(LineStyle::dashed_loose());
                 }
                 plot.line(line);
-                // After its line, so the shared legend entry takes the line's colour.
                 if let Some((lo, hi)) = &s.band {
                     let (mut xs, mut ys_lo, mut ys_hi) = (Vec::new(), Vec::new(), Vec::new());
                     for i in 0..n {
@@ -83,8 +82,9 @@ pub fn line_chart_ui(
                         }
                     }
                     plot.add(
-                        // Named as its line: one legend entry shows and hides both.
-                        FilledArea::new(s.label.clone(), &xs, &ys_lo, &ys_hi)
+                        // Unnamed: the legend lists the line (whose label names its band), in
+                        // the line's colour rather than the band's faint one.
+                        FilledArea::new("", &xs, &ys_lo, &ys_hi)
                             .fill_color(color.gamma_multiply(0.18))
                             .allow_hover(false),
                     );
