@@ -46,7 +46,12 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<ExitCode> {
     }
     drop(ckpt);
     let keystrokes = args.iters;
-    let result = crate::ui::bench::bench_app(&path, &prompts, keystrokes, args.iters)
+    // The app chooses where to trace (the GPU engine on a real GPU) unless told `--device cpu`.
+    let tracer = match args.device {
+        super::trace::DeviceChoice::Cpu => crate::ui::worker::TracerChoice::Cpu,
+        _ => crate::ui::worker::TracerChoice::Auto,
+    };
+    let result = crate::ui::bench::bench_app(&path, tracer, &prompts, keystrokes, args.iters)
         .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
     println!(
         "model: {}",
@@ -70,8 +75,18 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<ExitCode> {
             r.render_median_ms
         );
     }
+    println!();
+    if let Some(rss) = result.rss_traced {
+        println!(
+            "resident memory, model open and traced: {:.0} MB",
+            rss as f64 / 1e6
+        );
+    }
     if let Some(rss) = result.peak_rss {
-        println!("\npeak resident memory: {:.0} MB", rss as f64 / 1e6);
+        println!(
+            "peak resident memory, backward included: {:.0} MB",
+            rss as f64 / 1e6
+        );
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -51,6 +51,19 @@ impl ColorScale {
         }
     }
 
+    /// A linear sequential scale over the finite values and at least `lo..hi` (residual shares:
+    /// 0..1 always, wider where a share is negative or past 1).
+    pub fn fit_including(values: &[f32], lo: f32, hi: f32) -> Self {
+        let fit = Self::fit(values, false);
+        let has_values = values.iter().any(|v| v.is_finite());
+        let (a, b) = if has_values {
+            (fit.lo.min(lo), fit.hi.max(hi))
+        } else {
+            (lo, hi)
+        };
+        Self::fixed(a, b)
+    }
+
     /// A fixed sequential range (depth weights: always 0..1, so two models compare by eye).
     pub fn fixed(lo: f32, hi: f32) -> Self {
         Self {

@@ -50,7 +50,7 @@ pub fn depth_attention(trace: &Trace, spec: DepthAttentionSpec) -> Heatmap {
             // Baselines' implicit weights are all exactly 1: 0..1 holds them too.
             ColorScale::fixed(0.0, max.max(1.0))
         }
-        Quantity::Share => ColorScale::fit(&values, false),
+        Quantity::Share => ColorScale::fit_including(&values, 0.0, 1.0),
     };
     let what = match spec.quantity {
         Quantity::Alpha => "Depth weights alpha",

@@ -31,7 +31,7 @@ pub fn token_source(trace: &Trace, op: usize, quantity: Quantity) -> Heatmap {
                 .fold(0f32, f32::max);
             ColorScale::fixed(0.0, max.max(1.0))
         }
-        Quantity::Share => ColorScale::fit(&values, false),
+        Quantity::Share => ColorScale::fit_including(&values, 0.0, 1.0),
     };
     Heatmap {
         title: format!(

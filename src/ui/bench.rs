@@ -31,7 +31,9 @@ pub struct AppBenchRow {
 pub struct AppBench {
     pub tracer: String,
     pub rows: Vec<AppBenchRow>,
-    /// Peak resident memory of the process (VmHWM), bytes, if the OS says.
+    /// Resident memory once the model is open and its first trace is on screen (VmRSS), bytes.
+    pub rss_traced: Option<u64>,
+    /// Peak resident memory of the process over the whole run, backward included (VmHWM).
     pub peak_rss: Option<u64>,
 }
 
@@ -78,10 +80,10 @@ fn step_until_shown(
     }
 }
 
-/// The peak resident set of this process, from /proc (Linux).
-pub fn peak_rss() -> Option<u64> {
+/// A memory figure of this process from /proc (Linux): `VmRSS` (now) or `VmHWM` (peak).
+pub fn memory(field: &str) -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let line = status.lines().find(|l| l.starts_with(field))?;
     let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kb * 1024)
 }
@@ -90,6 +92,7 @@ pub fn peak_rss() -> Option<u64> {
 /// characters one by one, then time `frames` frames with every view on screen.
 pub fn bench_app(
     checkpoint: &Path,
+    tracer: super::worker::TracerChoice,
     prompts: &[(usize, String)],
     keystrokes: usize,
     frames: usize,
@@ -100,7 +103,7 @@ pub fn bench_app(
         compare: None,
         prompt: Some(first.clone()),
         fresh_state: true,
-        tracer: super::worker::TracerChoice::Auto,
+        tracer,
     };
     let mut h: Harness<'static, App> = Harness::builder()
         .with_size(egui::vec2(1600.0, 1000.0))
@@ -120,6 +123,7 @@ pub fn bench_app(
         .as_ref()
         .map(|t| t.describe())
         .unwrap_or_default();
+    let rss_traced = memory("VmRSS:");
     let typed = "etaoinshr ";
     let mut rows = Vec::new();
     for (tokens, start) in prompts {
@@ -171,6 +175,7 @@ pub fn bench_app(
     Ok(AppBench {
         tracer,
         rows,
-        peak_rss: peak_rss(),
+        rss_traced,
+        peak_rss: memory("VmHWM:"),
     })
 }

@@ -23,7 +23,10 @@ pub fn text_on(background: Rgb) -> Color32 {
 
 /// Errors and warnings.
 pub const ERROR: Color32 = Color32::from_rgb(0xD5, 0x5E, 0x00);
+/// The selected token chip.
 pub const SELECTED: Color32 = Color32::from_rgb(0xF0, 0xE4, 0x42);
+/// Outlines of the selected row or column in a heatmap: red-orange, a hue viridis never takes.
+pub const OUTLINE: Color32 = Color32::from_rgb(0xFF, 0x4B, 0x2B);
 
 /// egui's default fonts with DejaVu Sans (the figures' font, bundled for PNG export) behind
 /// them, so `␣`, `↵` and the like render instead of boxes.

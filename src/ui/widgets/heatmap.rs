@@ -1,8 +1,11 @@
 //! A [`Heatmap`] figure drawn with egui_plot (zoom, pan, thinned category labels), a hover
 //! tooltip naming the cell's row, column and exact value, and a colour legend with ticks.
+//! The cells are one texture (a pixel per cell, nearest-neighbour), made again only when the
+//! figure changes: egui_plot's own `Heatmap` lays out a text label for every cell each frame,
+//! which at 128 tokens x 61 ops took most of a frame.
 
 use egui::{Color32, Rect, Sense, Stroke, Ui, Vec2};
-use egui_plot::{Heatmap as PlotHeatmap, Line, Plot, PlotPoints};
+use egui_plot::{Line, Plot, PlotImage, PlotPoint, PlotPoints};
 
 use super::{category_label, category_marks, short};
 use crate::figures::colormap::format_value;
@@ -39,12 +42,13 @@ pub fn heatmap_ui(ui: &mut Ui, id: impl egui::AsIdSalt, fig: &Heatmap, marks: Ma
     let height = ui.available_height().max(120.0);
     ui.horizontal_top(|ui| {
         let width = (ui.available_width() - LEGEND_WIDTH).max(120.0);
-        let scale = fig.scale;
-        let values: Vec<f64> = fig.values.iter().map(|&v| f64::from(v)).collect();
-        let item = PlotHeatmap::new(values, cols)
-            .custom_mapping(Box::new(move |v| theme::color(scale.color(v as f32))))
-            .formatter(Box::new(|_| String::new()))
-            .name(&fig.value_name);
+        let texture = cells_texture(ui, &id, fig);
+        let item = PlotImage::new(
+            fig.value_name.clone(),
+            texture.id(),
+            PlotPoint::new(cols as f64 / 2.0, rows as f64 / 2.0),
+            Vec2::new(cols as f32, rows as f32),
+        );
         let row_labels: Vec<String> = fig
             .row_labels
             .iter()
@@ -76,10 +80,10 @@ pub fn heatmap_ui(ui: &mut Ui, id: impl egui::AsIdSalt, fig: &Heatmap, marks: Ma
             .include_y(0.0)
             .include_y(rows as f64)
             .show(ui, |plot| {
-                plot.heatmap(item);
+                plot.add(item);
                 let outline = |points: Vec<[f64; 2]>| {
                     Line::new("selection", PlotPoints::new(points))
-                        .color(theme::SELECTED)
+                        .color(theme::OUTLINE)
                         .width(2.0)
                 };
                 if let Some(r) = marks.row.filter(|&r| r < rows) {
@@ -132,6 +136,46 @@ pub fn heatmap_ui(ui: &mut Ui, id: impl egui::AsIdSalt, fig: &Heatmap, marks: Ma
         );
     });
     events
+}
+
+/// The figure's cells as a texture, from egui's memory while the figure is unchanged.
+fn cells_texture(ui: &Ui, id: &impl egui::AsIdSalt, fig: &Heatmap) -> egui::TextureHandle {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    (
+        fig.rows(),
+        fig.cols(),
+        fig.scale.log,
+        fig.scale.lo.to_bits(),
+        fig.scale.hi.to_bits(),
+    )
+        .hash(&mut h);
+    format!("{:?}", fig.scale.palette).hash(&mut h);
+    for v in &fig.values {
+        v.to_bits().hash(&mut h);
+    }
+    let key = h.finish();
+    let cache = ui.make_persistent_id(("heatmap_cells", id));
+    if let Some((k, t)) = ui.data(|d| d.get_temp::<(u64, egui::TextureHandle)>(cache)) {
+        if k == key {
+            return t;
+        }
+    }
+    let (rows, cols) = (fig.rows(), fig.cols());
+    let mut rgb = Vec::with_capacity(rows * cols * 3);
+    for r in 0..rows {
+        for c in 0..cols {
+            rgb.extend_from_slice(&fig.color(r, c));
+        }
+    }
+    let image = egui::ColorImage::from_rgb([cols, rows], &rgb);
+    let texture = ui.ctx().load_texture(
+        format!("heatmap {:?}", id),
+        image,
+        egui::TextureOptions::NEAREST,
+    );
+    ui.data_mut(|d| d.insert_temp(cache, (key, texture.clone())));
+    texture
 }
 
 /// A vertical colour bar with tick values, the value name on top, and the hovered value marked.
