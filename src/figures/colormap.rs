@@ -54,13 +54,11 @@ impl ColorScale {
     /// A linear sequential scale over the finite values and at least `lo..hi` (residual shares:
     /// 0..1 always, wider where a share is negative or past 1).
     pub fn fit_including(values: &[f32], lo: f32, hi: f32) -> Self {
-        let fit = Self::fit(values, false);
-        let has_values = values.iter().any(|v| v.is_finite());
-        let (a, b) = if has_values {
-            (fit.lo.min(lo), fit.hi.max(hi))
-        } else {
-            (lo, hi)
-        };
+        let (a, b) = values
+            .iter()
+            .copied()
+            .filter(|v| v.is_finite())
+            .fold((lo, hi), |(a, b), v| (a.min(v), b.max(v)));
         Self::fixed(a, b)
     }
 
@@ -207,6 +205,14 @@ mod tests {
         assert_eq!(s.position(f32::NAN), None);
         let ticks: Vec<f32> = s.ticks().iter().map(|t| t.0).collect();
         assert_eq!(ticks.len(), 3);
+    }
+
+    #[test]
+    fn a_share_scale_holds_0_to_1_even_when_every_share_is_1() {
+        let s = ColorScale::fit_including(&[1.0, 1.0], 0.0, 1.0);
+        assert_eq!((s.lo, s.hi), (0.0, 1.0));
+        let s = ColorScale::fit_including(&[-0.2, 1.3, f32::NAN], 0.0, 1.0);
+        assert_eq!((s.lo, s.hi), (-0.2, 1.3));
     }
 
     #[test]
