@@ -38,6 +38,7 @@ fn view<'a>(models: &[(&'a str, &'a Trace)], token: usize, op: usize) -> ViewInp
                 name,
                 trace,
                 grads: trace.grads.is_some().then_some(trace),
+                training: None,
             })
             .collect(),
         selection: Selection { token, op },
@@ -382,4 +383,64 @@ fn figure_all_writes_every_view_in_every_format_and_the_trace() {
         trace.grads.is_some(),
         "the gradients' backward is in the trace"
     );
+}
+
+#[test]
+fn the_training_figure_holds_the_log_the_demo_checkpoint_carries() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = demo("block.safetensors");
+    let out = dir.path().join("training.csv");
+    let (code, err) = depthlens(&[
+        "export",
+        model.to_str().unwrap(),
+        "--prompt",
+        "To be",
+        "--figure",
+        "training",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let (header, rows) = records(&std::fs::read_to_string(&out).unwrap());
+    assert_eq!(
+        header,
+        ["step", "train_loss", "val_loss", "group", "grad_norm"]
+    );
+    // Against the log beside the checkpoint, read column by column.
+    let log = std::fs::read_to_string(demo("block.train.csv")).unwrap();
+    let mut lines = log.lines();
+    let cols: Vec<&str> = lines.next().unwrap().split(',').collect();
+    let groups: Vec<(usize, &str)> = cols
+        .iter()
+        .enumerate()
+        .filter_map(|(i, c)| c.strip_prefix("grad_norm_").map(|g| (i, g)))
+        .collect();
+    let mut k = 0;
+    for line in lines {
+        let f: Vec<&str> = line.split(',').collect();
+        for &(i, g) in &groups {
+            let r = &rows[k];
+            k += 1;
+            assert_eq!(&r[0], f[0]);
+            assert_eq!(r[1].parse::<f32>().unwrap(), f[1].parse::<f32>().unwrap());
+            assert_eq!(&r[3], g);
+            assert_eq!(r[4].parse::<f32>().unwrap(), f[i].parse::<f32>().unwrap());
+        }
+    }
+    assert_eq!(k, rows.len());
+    let svg = dir.path().join("training.svg");
+    let (code, err) = depthlens(&[
+        "export",
+        model.to_str().unwrap(),
+        "--prompt",
+        "To be",
+        "--figure",
+        "training",
+        "--out",
+        svg.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(std::fs::read_to_string(&svg)
+        .unwrap()
+        .contains("Training loss of block.safetensors"));
 }

@@ -24,6 +24,7 @@ pub enum FigureChoice {
     Norms,
     Gradients,
     Difference,
+    Training,
     All,
 }
 
@@ -107,6 +108,7 @@ pub fn run(args: ExportArgs) -> anyhow::Result<ExitCode> {
         FigureChoice::Norms => vec![FigureKind::Norms],
         FigureChoice::Gradients => vec![FigureKind::Gradients],
         FigureChoice::Difference => vec![FigureKind::Difference],
+        FigureChoice::Training => vec![FigureKind::Training],
         FigureChoice::All => FigureKind::ALL.to_vec(),
     };
     let format = match args.figure {
@@ -143,7 +145,19 @@ pub fn run(args: ExportArgs) -> anyhow::Result<ExitCode> {
         super::prompt::report_checkpoint_notes(&ckpt);
         let trace = trace_of(&ckpt, &input, engine.as_ref(), grads)
             .with_context(|| format!("cannot trace {}", path.display()))?;
-        traces.push((name_of(path), trace));
+        let log = match ckpt
+            .training_log
+            .as_deref()
+            .map(crate::figures::parse_training_log)
+        {
+            Some(Ok(log)) => Some(log),
+            Some(Err(e)) => {
+                eprintln!("warning: {}: {e}", path.display());
+                None
+            }
+            None => None,
+        };
+        traces.push((name_of(path), trace, log));
     }
     let a = &traces[0].1;
     let token = match args.token {
@@ -166,7 +180,7 @@ pub fn run(args: ExportArgs) -> anyhow::Result<ExitCode> {
                 format!("--op {name}: no such op (ops: {})", names.join(", "))
             })?,
     };
-    if let Some((_, b)) = traces.get(1) {
+    if let Some((_, b, _)) = traces.get(1) {
         eprintln!(
             "note: B's token {} is aligned to A's token {token} by byte span",
             align_token(a, b, token)
@@ -175,10 +189,11 @@ pub fn run(args: ExportArgs) -> anyhow::Result<ExitCode> {
     let view = ViewInput {
         models: traces
             .iter()
-            .map(|(name, t)| ModelInput {
+            .map(|(name, t, log)| ModelInput {
                 name,
                 trace: t,
                 grads: t.grads.is_some().then_some(t),
+                training: log.as_ref(),
             })
             .collect(),
         selection: Selection { token, op },

@@ -20,15 +20,18 @@ pub enum FigureKind {
     Gradients,
     /// B - A of depth attention (compare only).
     Difference,
+    /// Loss and per-group gradient norms over training steps (checkpoints with a training log).
+    Training,
 }
 
 impl FigureKind {
-    pub const ALL: [FigureKind; 5] = [
+    pub const ALL: [FigureKind; 6] = [
         FigureKind::DepthAttention,
         FigureKind::TokenSource,
         FigureKind::Norms,
         FigureKind::Gradients,
         FigureKind::Difference,
+        FigureKind::Training,
     ];
 
     /// The file-name stem and `--figure` value.
@@ -39,6 +42,7 @@ impl FigureKind {
             FigureKind::Norms => "norms",
             FigureKind::Gradients => "gradients",
             FigureKind::Difference => "difference",
+            FigureKind::Training => "training",
         }
     }
 }
@@ -241,6 +245,19 @@ pub fn svg(kind: FigureKind, input: &ViewInput) -> Result<String, Error> {
                     },
                 )
             }
+            FigureKind::Training => {
+                let tf = f
+                    .training
+                    .as_ref()
+                    .ok_or_else(|| unavailable(kind, "the checkpoint carries no training log"))?;
+                let w = COLUMN_W - 20.0;
+                let h1 = draw::line_chart(&mut svg, x, y, w, 300.0, &tf.loss);
+                let h2 = draw::line_chart(&mut svg, x, y + h1 + 10.0, w, 360.0, &tf.grad_lines);
+                let y3 = y + h1 + h2 + 20.0;
+                h1 + h2
+                    + 20.0
+                    + draw::heatmap(&mut svg, x, y3, w, &tf.grad_heatmap, Marks::default())
+            }
             FigureKind::Difference => 0.0,
         };
         bottom = bottom.max(y + h);
@@ -375,6 +392,31 @@ pub fn csv(kind: FigureKind, input: &ViewInput) -> Result<String, Error> {
                 }
             }
         }
+        FigureKind::Training => {
+            header(&mut out, "step,train_loss,val_loss,group,grad_norm");
+            for (m, f) in input.models.iter().zip(&shown) {
+                let log = m
+                    .training
+                    .ok_or_else(|| unavailable(kind, "the checkpoint carries no training log"))?;
+                for (s, step) in log.steps.iter().enumerate() {
+                    let val = if log.val_loss[s].is_nan() {
+                        String::new()
+                    } else {
+                        log.val_loss[s].to_string()
+                    };
+                    for (g, group) in log.groups.iter().enumerate() {
+                        lead(&mut out, f);
+                        let _ = writeln!(
+                            out,
+                            "{step},{},{val},{},{}",
+                            log.train_loss[s],
+                            csv_field(group),
+                            log.grad_norms[g][s]
+                        );
+                    }
+                }
+            }
+        }
         FigureKind::Difference => {
             let diff = figs
                 .difference
@@ -443,6 +485,22 @@ pub fn json(kind: FigureKind, input: &ViewInput) -> Result<String, Error> {
                     "grads": g.grads,
                     "ops": g.ops.iter().map(|o| json!({"name": o.name, "grad_rms": o.grad_rms})).collect::<Vec<_>>(),
                 })
+            }
+            FigureKind::Training => {
+                let log = m
+                    .training
+                    .ok_or_else(|| unavailable(kind, "the checkpoint carries no training log"))?;
+                // NaN (no evaluation at that step) is JSON null.
+                let opt = |v: &[f32]| -> Vec<Option<f32>> {
+                    v.iter().map(|x| x.is_finite().then_some(*x)).collect()
+                };
+                json!({"training": {
+                    "steps": log.steps,
+                    "train_loss": opt(&log.train_loss),
+                    "val_loss": opt(&log.val_loss),
+                    "groups": log.groups,
+                    "grad_norms": log.grad_norms,
+                }})
             }
             FigureKind::Difference => {
                 let diff = figs

@@ -9,6 +9,7 @@ pub mod heatmap;
 pub mod lines;
 pub mod norms;
 pub mod token_source;
+pub mod training;
 pub mod view;
 
 pub use colormap::{ColorScale, Palette, Rgb};
@@ -18,6 +19,7 @@ pub use heatmap::Heatmap;
 pub use lines::{LineChart, LineSeries};
 pub use norms::{norms, NormsFigure};
 pub use token_source::token_source;
+pub use training::{parse_training_log, training, TrainingFigure, TrainingLog};
 pub use view::{
     align_token, model_figures, same_tokens, view_figures, ModelFigures, ModelInput, Selection,
     Toggles, ViewFigures,

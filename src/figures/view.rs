@@ -47,6 +47,8 @@ pub struct ModelInput<'a> {
     pub trace: &'a Trace,
     /// A trace with a backward (gradients), when one has run.
     pub grads: Option<&'a Trace>,
+    /// The checkpoint's training log, when it carries one.
+    pub training: Option<&'a super::TrainingLog>,
 }
 
 /// The figures of one model.
@@ -62,6 +64,7 @@ pub struct ModelFigures {
     pub gradients: Option<GradientsFigure>,
     /// The backward ran on another prompt than the trace on screen.
     pub gradients_stale: bool,
+    pub training: Option<super::TrainingFigure>,
 }
 
 /// Every figure the views draw, for A and (when comparing) B.
@@ -141,6 +144,7 @@ pub fn model_figures(
         norms: norms_fig,
         gradients,
         gradients_stale: input.grads.is_some_and(|g| !same_tokens(g, trace)),
+        training: input.training.map(|log| super::training(log, input.name)),
     }
 }
 

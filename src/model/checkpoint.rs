@@ -21,6 +21,8 @@ use crate::progress::Progress;
 pub const CONFIG_METADATA_KEY: &str = "depthlens.config";
 /// Metadata key of a single-file checkpoint's tokenizer JSON.
 pub const TOKENIZER_METADATA_KEY: &str = "depthlens.tokenizer";
+/// Metadata key under which a trained checkpoint carries its training log (CSV).
+pub const TRAINING_LOG_METADATA_KEY: &str = "depthlens.training_log";
 
 /// How the checkpoint is laid out on disk.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -58,6 +60,9 @@ pub struct Checkpoint {
     pub quantization: Option<String>,
     /// Token ids that end a generation (`eos_token_id` of the config or GGUF metadata).
     pub eos_token_ids: Vec<u32>,
+    /// The training log (CSV as `depthlens train` writes it), from the checkpoint's metadata or
+    /// a `.train.csv` beside it.
+    pub training_log: Option<String>,
 }
 
 fn read_json(path: &Path) -> Result<Value, Error> {
@@ -100,6 +105,10 @@ impl Checkpoint {
                 .or_insert(0) += 1;
         }
         let eos_token_ids = eos_ids(&config_json, path, &layout);
+        let training_log = store
+            .file_metadata()
+            .and_then(|m| m.get(TRAINING_LOG_METADATA_KEY).cloned())
+            .or_else(|| std::fs::read_to_string(path.with_extension("train.csv")).ok());
         let parts = Parts {
             path,
             layout,
@@ -110,6 +119,7 @@ impl Checkpoint {
             warnings: Vec::new(),
             quantization: None,
             eos_token_ids,
+            training_log,
         };
         parts.build(&store, progress)
     }
@@ -150,6 +160,7 @@ impl Checkpoint {
             warnings,
             quantization,
             eos_token_ids,
+            training_log: None,
         };
         parts.build(&tensors, progress)
     }
@@ -166,6 +177,7 @@ struct Parts<'a> {
     warnings: Vec<String>,
     quantization: Option<String>,
     eos_token_ids: Vec<u32>,
+    training_log: Option<String>,
 }
 
 impl Parts<'_> {
@@ -202,6 +214,7 @@ impl Parts<'_> {
             warnings,
             quantization: self.quantization,
             eos_token_ids: self.eos_token_ids,
+            training_log: self.training_log,
         })
     }
 }

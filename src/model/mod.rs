@@ -16,7 +16,10 @@ pub mod weights;
 
 use std::path::PathBuf;
 
-pub use checkpoint::{Checkpoint, CheckpointLayout, CONFIG_METADATA_KEY, TOKENIZER_METADATA_KEY};
+pub use checkpoint::{
+    Checkpoint, CheckpointLayout, CONFIG_METADATA_KEY, TOKENIZER_METADATA_KEY,
+    TRAINING_LOG_METADATA_KEY,
+};
 pub use config::{
     Activation, AttnResConfig, AttnResMode, Family, ModelConfig, NormKind, Rope, RopeScaling,
 };

@@ -300,7 +300,7 @@ const STATE_RNG_KEY: &str = "depthlens.train.rng";
 const STATE_LOG_KEY: &str = "depthlens.train.log";
 const STATE_ELAPSED_KEY: &str = "depthlens.train.elapsed";
 /// Metadata key under which a trained checkpoint carries its training log (CSV).
-pub const TRAINING_LOG_KEY: &str = "depthlens.training_log";
+pub const TRAINING_LOG_KEY: &str = crate::model::TRAINING_LOG_METADATA_KEY;
 /// Metadata key under which a trained checkpoint carries its training spec (JSON).
 pub const TRAINING_SPEC_KEY: &str = "depthlens.training_spec";
 

@@ -294,7 +294,7 @@ impl App {
                 s.grads = None;
                 s.trace = None;
                 let path = info.path.clone();
-                s.info = Some(info);
+                s.info = Some(*info);
                 self.remember(&path);
                 self.request_trace();
             }
@@ -442,13 +442,21 @@ impl App {
         format: Format,
         path: Option<PathBuf>,
     ) {
-        let models: Vec<(String, Arc<Trace>, Option<Arc<Trace>>)> = self
+        type Exported = (
+            String,
+            Arc<Trace>,
+            Option<Arc<Trace>>,
+            Option<crate::figures::TrainingLog>,
+        );
+        let models: Vec<Exported> = self
             .slots
             .iter()
             .filter_map(|s| {
                 let t = s.trace.as_ref()?;
+                let info = s.info.as_ref()?;
                 let grads = s.grads.as_ref().map(|g| g.trace.clone());
-                Some((s.info.as_ref()?.name.clone(), t.trace.clone(), grads))
+                let training = info.training.clone().and_then(Result::ok);
+                Some((info.name.clone(), t.trace.clone(), grads, training))
             })
             .collect();
         if models.is_empty() {
@@ -479,11 +487,14 @@ impl App {
                 let view = ViewInput {
                     models: models
                         .iter()
-                        .map(|(name, trace, grads)| crate::figures::ModelInput {
-                            name,
-                            trace,
-                            grads: grads.as_deref(),
-                        })
+                        .map(
+                            |(name, trace, grads, training)| crate::figures::ModelInput {
+                                name,
+                                trace,
+                                grads: grads.as_deref(),
+                                training: training.as_ref(),
+                            },
+                        )
                         .collect(),
                     selection,
                     toggles,
@@ -563,6 +574,7 @@ impl App {
                 name: &info.name,
                 trace: &trace.trace,
                 grads: s.grads.as_ref().map(|g| g.trace.as_ref()),
+                training: info.training.as_ref().and_then(|t| t.as_ref().ok()),
             })
         });
         let toggles = &self.persisted.settings.toggles;

@@ -17,8 +17,13 @@ pub fn default_layout() -> Tree<Pane> {
         l.shares.set_share(depth, 3.0);
         l.shares.set_share(token_source, 2.0);
     }
-    let right_panes =
-        [Pane::Norms, Pane::Gradients, Pane::Difference].map(|p| tiles.insert_pane(p));
+    let right_panes = [
+        Pane::Norms,
+        Pane::Gradients,
+        Pane::Difference,
+        Pane::Training,
+    ]
+    .map(|p| tiles.insert_pane(p));
     let right = tiles.insert_tab_tile(right_panes.to_vec());
     let root = tiles.insert_horizontal_tile(vec![left, right]);
     Tree::new(egui::Id::unique("depthlens_layout"), root, tiles)

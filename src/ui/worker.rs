@@ -88,6 +88,8 @@ pub struct ModelInfo {
     pub notes: Vec<String>,
     /// Identifies the tokenizer: two models with equal ids tokenise alike.
     pub tokenizer_id: String,
+    /// The training log the checkpoint carries, parsed (or why it would not parse).
+    pub training: Option<Result<crate::figures::TrainingLog, String>>,
 }
 
 /// A job for the worker.
@@ -124,7 +126,7 @@ pub enum Reply {
     TracerReady(Tracer),
     Opened {
         slot: Slot,
-        info: ModelInfo,
+        info: Box<ModelInfo>,
     },
     OpenFailed {
         slot: Slot,
@@ -396,7 +398,10 @@ impl WorkerState {
             Ok(model) => {
                 let info = model_info(&model.ckpt);
                 self.models[slot.index()] = Some(model);
-                self.reply(Reply::Opened { slot, info });
+                self.reply(Reply::Opened {
+                    slot,
+                    info: Box::new(info),
+                });
             }
             Err(error) => self.reply(Reply::OpenFailed { slot, path, error }),
         }
@@ -520,5 +525,9 @@ fn model_info(ckpt: &Checkpoint) -> ModelInfo {
         max_positions: cfg.max_positions,
         notes,
         tokenizer_id,
+        training: ckpt
+            .training_log
+            .as_deref()
+            .map(crate::figures::parse_training_log),
     }
 }

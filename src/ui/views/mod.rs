@@ -7,6 +7,7 @@ pub mod difference;
 pub mod gradients;
 pub mod norms;
 pub mod token_source;
+pub mod training;
 
 use serde::{Deserialize, Serialize};
 
@@ -24,15 +25,17 @@ pub enum Pane {
     Norms,
     Gradients,
     Difference,
+    Training,
 }
 
 impl Pane {
-    pub const ALL: [Pane; 5] = [
+    pub const ALL: [Pane; 6] = [
         Pane::DepthAttention,
         Pane::TokenSource,
         Pane::Norms,
         Pane::Gradients,
         Pane::Difference,
+        Pane::Training,
     ];
 
     pub fn title(self) -> &'static str {
@@ -42,6 +45,7 @@ impl Pane {
             Pane::Norms => "Norms",
             Pane::Gradients => "Gradients",
             Pane::Difference => "Difference B - A",
+            Pane::Training => "Training",
         }
     }
 }
@@ -159,6 +163,7 @@ pub fn pane_ui(pane: Pane, ui: &mut egui::Ui, cx: &mut ViewCx) {
         Pane::Norms => norms::ui(ui, cx),
         Pane::Gradients => gradients::ui(ui, cx),
         Pane::Difference => difference::ui(ui, cx),
+        Pane::Training => training::ui(ui, cx),
     }
 }
 
