@@ -520,3 +520,51 @@ fn a_panels_export_writes_what_the_panel_shows_and_export_all_fills_a_folder() {
         h.state().messages
     );
 }
+
+/// A file dropped on the window, as the platform hands it over.
+#[derive(Debug)]
+struct Dropped(PathBuf);
+
+impl egui::DroppedFile for Dropped {
+    fn path(&self) -> &std::path::Path {
+        &self.0
+    }
+    fn bytes(&self) -> Result<Vec<u8>, String> {
+        std::fs::read(&self.0).map_err(|e| e.to_string())
+    }
+}
+
+#[test]
+fn a_dropped_checkpoint_opens_and_is_remembered_with_the_layout() {
+    let mut h = harness(options("block.safetensors", None));
+    step_until(&mut h, "the first trace", |a| traced(a, Slot::A, PROMPT));
+    let full = demo_model("full.safetensors");
+    h.input_mut()
+        .dropped_files
+        .push(std::sync::Arc::new(Dropped(full.clone())));
+    step_until(&mut h, "the dropped model's trace", |a| {
+        a.slots[0]
+            .info
+            .as_ref()
+            .is_some_and(|i| i.name == "full.safetensors")
+            && traced(a, Slot::A, PROMPT)
+    });
+    assert_eq!(
+        h.state().persisted.recent.first(),
+        Some(&full),
+        "most recent first"
+    );
+    // What persists between runs survives a round trip through serde (eframe stores it as RON).
+    h.state_mut()
+        .run_command(Command::SetPaneShown(Pane::Norms, false));
+    h.run_steps(2);
+    let saved = serde_json::to_string(&h.state().persisted).unwrap();
+    let back: depthlens::ui::app::Persisted = serde_json::from_str(&saved).unwrap();
+    assert_eq!(back.recent, h.state().persisted.recent);
+    assert_eq!(back.prompt, PROMPT);
+    assert!(!depthlens::ui::layout::is_shown(&back.layout, Pane::Norms));
+    assert!(depthlens::ui::layout::is_shown(
+        &back.layout,
+        Pane::DepthAttention
+    ));
+}
