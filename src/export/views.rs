@@ -107,6 +107,15 @@ fn models(figs: &ViewFigures) -> Vec<&ModelFigures> {
     figs.models.iter().flatten().collect()
 }
 
+/// B - A, or why the figures have none.
+fn difference_of(figs: &ViewFigures) -> Result<crate::figures::Heatmap, Error> {
+    let kind = FigureKind::Difference;
+    figs.difference
+        .clone()
+        .ok_or_else(|| unavailable(kind, "needs two models (--compare)"))?
+        .map_err(|why| unavailable(kind, &why))
+}
+
 fn unavailable(kind: FigureKind, why: &str) -> Error {
     Error::Unavailable {
         figure: kind.name().into(),
@@ -145,11 +154,7 @@ pub fn svg(kind: FigureKind, input: &ViewInput) -> Result<String, Error> {
     let top = 34.0;
     let mut bottom: f64 = top;
     if kind == FigureKind::Difference {
-        let diff = figs
-            .difference
-            .clone()
-            .ok_or_else(|| unavailable(kind, "needs two models (--compare)"))?
-            .map_err(|why| unavailable(kind, &why))?;
+        let diff = difference_of(&figs)?;
         let h = draw::heatmap(
             &mut svg,
             10.0,
@@ -418,11 +423,7 @@ pub fn csv(kind: FigureKind, input: &ViewInput) -> Result<String, Error> {
             }
         }
         FigureKind::Difference => {
-            let diff = figs
-                .difference
-                .clone()
-                .ok_or_else(|| unavailable(kind, "needs two models (--compare)"))?
-                .map_err(|why| unavailable(kind, &why))?;
+            let diff = difference_of(&figs)?;
             out.push_str("op,source,difference\n");
             for (r, op) in diff.row_labels.iter().enumerate() {
                 for (c, source) in diff.col_labels.iter().enumerate() {
@@ -503,11 +504,7 @@ pub fn json(kind: FigureKind, input: &ViewInput) -> Result<String, Error> {
                 }})
             }
             FigureKind::Difference => {
-                let diff = figs
-                    .difference
-                    .clone()
-                    .ok_or_else(|| unavailable(kind, "needs two models (--compare)"))?
-                    .map_err(|why| unavailable(kind, &why))?;
+                let diff = difference_of(&figs)?;
                 return Ok(serde_json::to_string_pretty(
                     &json!({"figure": kind.name(), "difference": diff}),
                 )?);

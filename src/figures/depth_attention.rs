@@ -3,7 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{mean, model_name, source_union, token_label, ColorScale, Heatmap, Quantity};
+use super::{mean, model_name, source_union, token_label, Heatmap, Quantity};
 use crate::trace::Trace;
 
 /// What the depth-attention view shows.
@@ -40,18 +40,7 @@ pub fn depth_attention(trace: &Trace, spec: DepthAttentionSpec) -> Heatmap {
             };
         }
     }
-    let scale = match spec.quantity {
-        Quantity::Alpha => {
-            let max = values
-                .iter()
-                .copied()
-                .filter(|v| v.is_finite())
-                .fold(0f32, f32::max);
-            // Baselines' implicit weights are all exactly 1: 0..1 holds them too.
-            ColorScale::fixed(0.0, max.max(1.0))
-        }
-        Quantity::Share => ColorScale::fit_including(&values, 0.0, 1.0),
-    };
+    let scale = spec.quantity.scale(&values);
     let what = match spec.quantity {
         Quantity::Alpha => "Depth weights alpha",
         Quantity::Share => "Residual shares",

@@ -49,6 +49,12 @@ impl Quantity {
         }
     }
 
+    /// The colour scale of these values: always 0..1 (so two models compare by eye; a
+    /// baseline's weights are exactly 1), wider where shares are negative or exceed 1.
+    pub fn scale(self, values: &[f32]) -> ColorScale {
+        ColorScale::fit_including(values, 0.0, 1.0)
+    }
+
     pub fn symbol(self) -> &'static str {
         match self {
             Quantity::Alpha => "alpha",

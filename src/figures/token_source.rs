@@ -22,17 +22,7 @@ pub fn token_source(trace: &Trace, op: usize, quantity: Quantity) -> Heatmap {
         Quantity::Share => &op.shares,
     };
     let values = table.flat().to_vec();
-    let scale = match quantity {
-        Quantity::Alpha => {
-            let max = values
-                .iter()
-                .copied()
-                .filter(|v| v.is_finite())
-                .fold(0f32, f32::max);
-            ColorScale::fixed(0.0, max.max(1.0))
-        }
-        Quantity::Share => ColorScale::fit_including(&values, 0.0, 1.0),
-    };
+    let scale = quantity.scale(&values);
     Heatmap {
         title: format!(
             "{} at the input of {} in {}, per token",
