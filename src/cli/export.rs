@@ -157,7 +157,7 @@ pub fn run(args: ExportArgs) -> anyhow::Result<ExitCode> {
             }
             None => None,
         };
-        traces.push((name_of(path), trace, log));
+        traces.push((crate::figures::checkpoint_name(path), trace, log));
     }
     let a = &traces[0].1;
     let token = match args.token {
@@ -230,10 +230,4 @@ pub fn run(args: ExportArgs) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
-}
-
-fn name_of(path: &std::path::Path) -> String {
-    path.file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| path.display().to_string())
 }

@@ -24,16 +24,13 @@ pub fn input(
     prompt: Option<String>,
     ids: Option<Vec<u32>>,
 ) -> anyhow::Result<Input> {
-    match (prompt, ids) {
-        (Some(text), _) => {
-            if ckpt.tokenizer.kind == TokenizerKind::ByteFallback {
-                eprintln!("note: no tokenizer ships with this checkpoint; using byte-level tokens (id = byte)");
-            }
-            Ok(Input::Text(text))
-        }
-        (None, Some(ids)) => Ok(Input::Ids(ids)),
-        (None, None) => anyhow::bail!("give --prompt TEXT or --ids 1,2,3"),
+    let input = input_quiet(prompt, ids)?;
+    if matches!(input, Input::Text(_)) && ckpt.tokenizer.kind == TokenizerKind::ByteFallback {
+        eprintln!(
+            "note: no tokenizer ships with this checkpoint; using byte-level tokens (id = byte)"
+        );
     }
+    Ok(input)
 }
 
 /// `--prompt TEXT` or `--ids 1,2,3`, before any checkpoint is open.

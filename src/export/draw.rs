@@ -27,16 +27,7 @@ fn hex(c: Rgb) -> String {
     format!("#{:02x}{:02x}{:02x}", c[0], c[1], c[2])
 }
 
-/// At most `n` characters (an ellipsis marks a cut).
-fn clip(s: &str, n: usize) -> String {
-    if s.chars().count() <= n {
-        s.to_string()
-    } else {
-        let mut t: String = s.chars().take(n.saturating_sub(1)).collect();
-        t.push('\u{2026}');
-        t
-    }
-}
+use crate::figures::clip_label as clip;
 
 /// The label step: the smallest power of two whose labels are `LABEL_GAP` apart.
 fn label_step(cell: f64) -> usize {

@@ -12,12 +12,7 @@ const PANEL_H: f64 = 250.0;
 const GAP: f64 = 36.0;
 const BOTTOM: f64 = 96.0;
 
-fn escape(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('"', "&quot;")
-}
+use super::draw::escape;
 
 /// Tick values and the mapping of a value into [0, 1] for one panel's y axis.
 struct Axis {

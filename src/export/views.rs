@@ -11,8 +11,8 @@ use super::Error;
 use crate::figures::{view_figures, ModelFigures, ModelInput, Selection, Toggles, ViewFigures};
 use crate::trace::Trace;
 
-/// A figure to export: one of the app's views.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+/// A figure: one of the app's views (and panes), and what export writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub enum FigureKind {
     DepthAttention,
     TokenSource,
@@ -33,6 +33,18 @@ impl FigureKind {
         FigureKind::Difference,
         FigureKind::Training,
     ];
+
+    /// The view's title in the app.
+    pub fn title(self) -> &'static str {
+        match self {
+            FigureKind::DepthAttention => "Depth attention",
+            FigureKind::TokenSource => "Token x source",
+            FigureKind::Norms => "Norms",
+            FigureKind::Gradients => "Gradients",
+            FigureKind::Difference => "Difference B - A",
+            FigureKind::Training => "Training",
+        }
+    }
 
     /// The file-name stem and `--figure` value.
     pub fn name(self) -> &'static str {
@@ -148,7 +160,7 @@ pub fn svg(kind: FigureKind, input: &ViewInput) -> Result<String, Error> {
         20.0,
         12.0,
         "start",
-        &clip_chars(&header, (svg.width / 6.8) as usize),
+        &crate::figures::clip_label(&header, (svg.width / 6.8) as usize),
         "",
     );
     let top = 34.0;
@@ -269,16 +281,6 @@ pub fn svg(kind: FigureKind, input: &ViewInput) -> Result<String, Error> {
     }
     svg.height = bottom + 10.0;
     Ok(svg.finish())
-}
-
-fn clip_chars(s: &str, n: usize) -> String {
-    if s.chars().count() <= n {
-        s.to_string()
-    } else {
-        let mut t: String = s.chars().take(n.saturating_sub(1)).collect();
-        t.push('\u{2026}');
-        t
-    }
 }
 
 /// A CSV field, quoted when it holds a comma, a quote or a line break (RFC 4180).

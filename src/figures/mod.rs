@@ -92,10 +92,26 @@ pub fn token_label(trace: &Trace, t: usize) -> String {
 
 /// The model's short name for titles: the checkpoint's file or folder name.
 pub fn model_name(trace: &Trace) -> String {
-    let path = std::path::Path::new(&trace.model.path);
+    checkpoint_name(std::path::Path::new(&trace.model.path))
+}
+
+/// A checkpoint's file or folder name (the whole path when it has none).
+pub fn checkpoint_name(path: &std::path::Path) -> String {
     path.file_name()
         .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| trace.model.path.clone())
+        .unwrap_or_else(|| path.display().to_string())
+}
+
+/// At most `max_chars` characters, an ellipsis marking a cut: one long token or title never
+/// pushes an axis or a panel away.
+pub fn clip_label(label: &str, max_chars: usize) -> String {
+    if label.chars().count() <= max_chars {
+        label.to_string()
+    } else {
+        let mut s: String = label.chars().take(max_chars.saturating_sub(1)).collect();
+        s.push('\u{2026}');
+        s
+    }
 }
 
 /// Source labels of every op, merged in depth order (`emb`, `L0.attn`, ... or `emb`, `B1`, ...,

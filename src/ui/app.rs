@@ -326,16 +326,12 @@ impl App {
                     }
                     Err(e) => s.error = Some(e),
                 }
-                let open = self.slots.iter().filter(|s| s.info.is_some()).count();
-                let answered = self
-                    .slots
-                    .iter()
-                    .filter(|s| s.info.is_some() && s.opening.is_none())
-                    .count();
-                if slot.index() + 1 >= open.min(answered).max(1) {
+                self.clamp_selection();
+            }
+            Reply::TracesDone { generation } => {
+                if generation == self.generation {
                     self.requested_prompt = None;
                 }
-                self.clamp_selection();
             }
             Reply::Gradients {
                 slot,

@@ -21,8 +21,10 @@ pub fn text_on(background: Rgb) -> Color32 {
     }
 }
 
-/// Errors and warnings.
+/// Errors.
 pub const ERROR: Color32 = Color32::from_rgb(0xD5, 0x5E, 0x00);
+/// What a researcher should know about a model (not fatal).
+pub const WARNING: Color32 = Color32::from_rgb(0xE6, 0x9F, 0x00);
 /// The selected token chip.
 pub const SELECTED: Color32 = Color32::from_rgb(0xF0, 0xE4, 0x42);
 /// Outlines of the selected row or column in a heatmap: red-orange, a hue viridis never takes.

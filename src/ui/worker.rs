@@ -83,11 +83,8 @@ pub struct ModelInfo {
     pub name: String,
     /// `attnres block (size 4), 8 layers x 128, vocab 2048`.
     pub summary: String,
-    pub max_positions: usize,
     /// Quantisation, NaN weights, byte-level tokens, ...
     pub notes: Vec<String>,
-    /// Identifies the tokenizer: two models with equal ids tokenise alike.
-    pub tokenizer_id: String,
     /// The training log the checkpoint carries, parsed (or why it would not parse).
     pub training: Option<Result<crate::figures::TrainingLog, String>>,
 }
@@ -137,6 +134,10 @@ pub enum Reply {
         slot: Slot,
         generation: u64,
         result: Result<Traced, String>,
+    },
+    /// Every open model has answered the trace request of `generation`.
+    TracesDone {
+        generation: u64,
     },
     Gradients {
         slot: Slot,
@@ -369,6 +370,7 @@ impl WorkerState {
                         });
                     }
                 }
+                self.reply(Reply::TracesDone { generation });
             }
         }
     }
@@ -502,29 +504,14 @@ fn model_info(ckpt: &Checkpoint) -> ModelInfo {
             "no tokenizer ships with this checkpoint: the prompt is read as UTF-8 bytes".into(),
         );
     }
-    let tokenizer_id = match &ckpt.tokenizer.kind {
-        TokenizerKind::ByteFallback => "bytes".to_string(),
-        _ => {
-            use std::hash::{Hash, Hasher};
-            let mut h = std::collections::hash_map::DefaultHasher::new();
-            ckpt.tokenizer.to_json().unwrap_or_default().hash(&mut h);
-            format!("{:016x}", h.finish())
-        }
-    };
     ModelInfo {
-        name: ckpt
-            .path
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_else(|| ckpt.path.display().to_string()),
+        name: crate::figures::checkpoint_name(&ckpt.path),
         path: ckpt.path.clone(),
         summary: format!(
             "{} {mixing}, {} layers x {}, vocab {}",
             cfg.model_type, cfg.num_layers, cfg.hidden_size, cfg.vocab_size
         ),
-        max_positions: cfg.max_positions,
         notes,
-        tokenizer_id,
         training: ckpt
             .training_log
             .as_deref()

@@ -228,6 +228,17 @@ impl App {
                     );
                 }
             }
+            // What was noticed on opening (NaN weights, dequantised GGUF, byte-level tokens):
+            // every number on screen depends on it.
+            if let Some(info) = &s.info {
+                for note in &info.notes {
+                    ui.label(
+                        egui::RichText::new(format!("{} ({}): {note}", slot.name(), info.name))
+                            .small()
+                            .color(theme::WARNING),
+                    );
+                }
+            }
             if let Some(path) = &s.opening {
                 ui.horizontal(|ui| {
                     ui.spinner();
@@ -318,28 +329,29 @@ impl App {
             .tokens
             .iter()
             .zip(&values)
-            .enumerate()
-            .map(|(i, (tok, v))| {
-                let surprise = trace.token_nll.get(i).copied().flatten();
-                Chip {
-                    label: visible_text(&tok.text),
-                    tooltip: format!(
-                        "{} token {i}: id {}, piece {:?}, bytes {}..{}\nsurprise -ln p: {}\n{}: {}",
-                        slot.name(),
-                        tok.id,
-                        tok.piece,
-                        tok.start,
-                        tok.end,
-                        surprise.map_or("n/a (first token)".into(), format_value),
-                        metric.label(),
-                        v.map_or("n/a".into(), format_value),
-                    ),
-                    value: *v,
-                }
+            .map(|(tok, v)| Chip {
+                label: visible_text(&tok.text),
+                value: *v,
             })
             .collect();
+        // Written only for the chip under the pointer, not for every token every frame.
+        let tooltip = |i: usize| -> String {
+            let (tok, v) = (&trace.tokens[i], values[i]);
+            let surprise = trace.token_nll.get(i).copied().flatten();
+            format!(
+                "{} token {i}: id {}, piece {:?}, bytes {}..{}\nsurprise -ln p: {}\n{}: {}",
+                slot.name(),
+                tok.id,
+                tok.piece,
+                tok.start,
+                tok.end,
+                surprise.map_or("n/a (first token)".into(), format_value),
+                metric.label(),
+                v.map_or("n/a".into(), format_value),
+            )
+        };
         ui.push_id(("strip", slot.index()), |ui| {
-            token_strip_ui(ui, &chips, scale.as_ref(), Some(selected))
+            token_strip_ui(ui, &chips, &tooltip, scale.as_ref(), Some(selected))
         })
         .inner
         .clicked

@@ -17,38 +17,9 @@ use crate::trace::Trace;
 use crate::ui::app::Command;
 use crate::ui::worker::Slot;
 
-/// The view panes of the layout.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub enum Pane {
-    DepthAttention,
-    TokenSource,
-    Norms,
-    Gradients,
-    Difference,
-    Training,
-}
-
-impl Pane {
-    pub const ALL: [Pane; 6] = [
-        Pane::DepthAttention,
-        Pane::TokenSource,
-        Pane::Norms,
-        Pane::Gradients,
-        Pane::Difference,
-        Pane::Training,
-    ];
-
-    pub fn title(self) -> &'static str {
-        match self {
-            Pane::DepthAttention => "Depth attention",
-            Pane::TokenSource => "Token x source",
-            Pane::Norms => "Norms",
-            Pane::Gradients => "Gradients",
-            Pane::Difference => "Difference B - A",
-            Pane::Training => "Training",
-        }
-    }
-}
+/// The layout's panes are the views, one per figure kind: what a pane shows is what its Export
+/// menu writes.
+pub use crate::export::views::FigureKind as Pane;
 
 /// What the views show beyond the selection (persisted between runs).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -37,16 +37,7 @@ pub fn category_label(labels: &[String], value: f64) -> String {
     labels.get(i as usize).cloned().unwrap_or_default()
 }
 
-/// Truncate a label for an axis so one long token never pushes the plot away.
-pub fn short(label: &str, max_chars: usize) -> String {
-    if label.chars().count() <= max_chars {
-        label.to_string()
-    } else {
-        let mut s: String = label.chars().take(max_chars.saturating_sub(1)).collect();
-        s.push('\u{2026}');
-        s
-    }
-}
+pub use crate::figures::clip_label as short;
 
 #[cfg(test)]
 mod tests {

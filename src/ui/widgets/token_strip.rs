@@ -10,7 +10,6 @@ use crate::ui::theme;
 #[derive(Debug, Clone)]
 pub struct Chip {
     pub label: String,
-    pub tooltip: String,
     pub value: Option<f32>,
 }
 
@@ -25,6 +24,7 @@ pub struct StripEvents {
 pub fn token_strip_ui(
     ui: &mut Ui,
     chips: &[Chip],
+    tooltip: &dyn Fn(usize) -> String,
     scale: Option<&ColorScale>,
     selected: Option<usize>,
 ) -> StripEvents {
@@ -47,7 +47,9 @@ pub fn token_strip_ui(
             if selected == Some(i) {
                 button = button.stroke(Stroke::new(2.5, theme::SELECTED));
             }
-            let r = ui.add(button).on_hover_text(&chip.tooltip);
+            let r = ui.add(button).on_hover_ui(|ui| {
+                ui.label(tooltip(i));
+            });
             if r.clicked() {
                 events.clicked = Some(i);
             }
