@@ -23,7 +23,8 @@ pub fn escape(s: &str) -> String {
         .replace('"', "&quot;")
 }
 
-fn hex(c: Rgb) -> String {
+/// `#rrggbb`.
+pub fn hex(c: Rgb) -> String {
     format!("#{:02x}{:02x}{:02x}", c[0], c[1], c[2])
 }
 

@@ -8,7 +8,7 @@ pub struct Series {
     pub label: String,
     pub values: Vec<f32>,
     /// `#rrggbb`.
-    pub color: &'static str,
+    pub color: crate::figures::Rgb,
 }
 
 #[derive(Debug, Clone)]
@@ -26,8 +26,7 @@ pub struct Figure {
     pub panels: Vec<Panel>,
 }
 
-/// Okabe-Ito colours: distinguishable for colour-blind readers.
-pub const PALETTE: [&str; 4] = ["#0072B2", "#D55E00", "#009E73", "#CC79A7"];
+use crate::figures::lines::PALETTE;
 
 /// The depth-dilution figure: RMS of every op's input and output along depth (log scale) and the
 /// embedding's share of each op's input.

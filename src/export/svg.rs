@@ -166,7 +166,7 @@ pub fn render(fig: &Figure) -> String {
             let _ = writeln!(
                 s,
                 r#"<path d="{path}" fill="none" stroke="{}" stroke-width="2"/>"#,
-                series.color
+                super::draw::hex(series.color)
             );
             for (i, &v) in series.values.iter().enumerate() {
                 let v = f64::from(v);
@@ -176,7 +176,7 @@ pub fn render(fig: &Figure) -> String {
                         r#"<circle cx="{:.1}" cy="{:.1}" r="2.5" fill="{}"/>"#,
                         x_at(i),
                         y_at(v),
-                        series.color
+                        super::draw::hex(series.color)
                     );
                 }
             }
@@ -186,7 +186,7 @@ pub fn render(fig: &Figure) -> String {
                 r#"<line x1="{}" x2="{}" y1="{ly:.1}" y2="{ly:.1}" stroke="{}" stroke-width="3"/><text x="{}" y="{:.1}">{}</text>"#,
                 LEFT + 12.0,
                 LEFT + 36.0,
-                series.color,
+                super::draw::hex(series.color),
                 LEFT + 42.0,
                 ly + 4.0,
                 escape(&series.label)
